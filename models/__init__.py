@@ -1,0 +1,1 @@
+"""Model loading and inference (no Beam, nothing of ours imported)."""

@@ -1,0 +1,1 @@
+"""Pipeline composition, options and the `crawl2clip` command."""

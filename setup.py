@@ -1,0 +1,59 @@
+"""Installs crawl2clip and the `crawl2clip` command.
+
+Also serves as Beam's `--setup_file`: remote workers build and install this package, so every
+stage's code reaches them. The user's folders keep their names on disk and are installed under
+one import root: `pipelines/` -> `crawl2clip.pipelines`, `transforms/` -> `crawl2clip.transforms`,
+`models/` -> `crawl2clip.models`.
+"""
+
+import os
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FOLDERS = ("pipelines", "transforms", "models")
+
+
+def _packages() -> tuple[list[str], dict[str, str]]:
+    packages, package_dir = ["crawl2clip"], {"crawl2clip": "crawl2clip"}
+    for folder in FOLDERS:
+        for root, dirs, files in os.walk(os.path.join(HERE, folder)):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+            if "__init__.py" not in files:
+                continue
+            rel = os.path.relpath(root, HERE)
+            name = "crawl2clip." + rel.replace(os.sep, ".")
+            packages.append(name)
+            package_dir[name] = rel
+    return packages, package_dir
+
+
+PACKAGES, PACKAGE_DIR = _packages()
+
+setup(
+    name="crawl2clip",
+    version="0.1.0",
+    description="Common Crawl to CLIP training data (LAION-5B reproduction + DBP pruning) on Apache Beam",
+    python_requires=">=3.11",
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    include_package_data=True,
+    package_data={"crawl2clip.pipelines": ["templates/*.yaml"]},
+    install_requires=[
+        # Beam 2.62.0 exactly: the Flink/Spark runner jars this project builds its job servers
+        # from resolve only at 2.62.0, and the Python SDK must match the runner.
+        "apache-beam==2.62.0",
+        "fastwarc>=2.0,<3",
+        "warcio>=1.7,<2",
+        "pyarrow>=14,<17",
+        "brotli>=1.1",
+        "jinja2>=3.1",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "selectolax>=1.0", "requests>=2.31"],
+        "aws": ["apache-beam[aws]==2.62.0"],
+        "gcp": ["apache-beam[gcp]==2.62.0"],
+    },
+    entry_points={"console_scripts": ["crawl2clip=crawl2clip.pipelines.cli:main"]},
+)
