@@ -1,0 +1,93 @@
+"""The `crawl2clip` command.
+
+    crawl2clip extract --input GLOB [GLOB ...] --output DIR [any Beam pipeline option]
+    crawl2clip demo [--output DIR]          # builds the sample crawl and extracts it
+    crawl2clip sample-crawl --output FILE   # only writes the sample crawl
+
+Stage options are parsed by Beam (`Crawl2ClipOptions`), so runner flags pass straight through.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+from crawl2clip.pipelines.extract import build_extract
+from crawl2clip.pipelines.options import Crawl2ClipOptions
+from crawl2clip.pipelines.run import PipelineFailed, run_pipeline, with_default_runner
+from crawl2clip.pipelines.sample_crawl import write_sample_crawl
+
+DEMO_OUTPUT = os.path.join("output", "demo")
+
+
+def _stage_help(command: str, description: str) -> None:
+    parser = argparse.ArgumentParser(prog=f"crawl2clip {command}", description=description,
+                                     epilog="Any Apache Beam pipeline option is accepted too "
+                                            "(--runner, --flink_master, --direct_num_workers, ...).")
+    Crawl2ClipOptions._add_argparse_args(parser)
+    parser.print_help()
+
+
+def _print_report(report: dict, output: str) -> None:
+    print(f"\nFinished on {report['runner']} in {report['seconds']:.1f} s. Counters:")
+    for name, value in report["counters"].items():
+        print(f"  {name:<45} {value:>12,}")
+    print(f"\nCandidate pairs: {os.path.join(output, 'pairs', 'pairs-*.parquet')}")
+    print(f"Errors:          {os.path.join(output, 'errors', 'errors-*.parquet')}")
+    print(f"Metrics:         {os.path.join(output, 'metrics.json')}")
+
+
+def extract(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        _stage_help("extract", "Read web archives and write (image URL, alt text) candidates.")
+        return 0
+    options = Crawl2ClipOptions(with_default_runner(argv))
+    stage = options.view_as(Crawl2ClipOptions)
+    problems = stage.validate_extract()
+    if problems:
+        print("crawl2clip extract: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    try:
+        report = run_pipeline(options, lambda p: build_extract(p, stage), stage.output)
+    except PipelineFailed as exc:
+        print(f"crawl2clip extract: {exc}", file=sys.stderr)
+        return 1
+    _print_report(report, stage.output)
+    return 0
+
+
+def demo(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="crawl2clip demo",
+                                     description="Build the sample crawl and run extract on it.")
+    parser.add_argument("--output", default=DEMO_OUTPUT, help="demo folder (default: %(default)s)")
+    args, beam_args = parser.parse_known_args(argv)
+    crawl = os.path.join(args.output, "sample-crawl.warc.gz")
+    summary = write_sample_crawl(crawl)
+    print(f"Sample crawl: {crawl} ({summary['pages']} pages, {summary['records']} records)")
+    return extract(["--input", crawl, "--output", os.path.join(args.output, "extract"), *beam_args])
+
+
+def sample_crawl(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="crawl2clip sample-crawl",
+                                     description="Write the project's sample crawl (a gzip WARC).")
+    parser.add_argument("--output", required=True, help="the .warc.gz file to write")
+    parser.add_argument("--pages", type=int, default=200, help="number of HTML pages (default: %(default)s)")
+    args = parser.parse_args(argv)
+    print(write_sample_crawl(args.output, pages=args.pages))
+    return 0
+
+
+COMMANDS = {"extract": extract, "demo": demo, "sample-crawl": sample_crawl}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

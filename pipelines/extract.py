@@ -1,0 +1,26 @@
+"""The extract job: web archives -> deduplicated candidate pairs (parquet) + errors."""
+
+import os
+
+import apache_beam as beam
+
+from crawl2clip.pipelines.options import Crawl2ClipOptions
+from crawl2clip.transforms.errors import WriteErrors
+from crawl2clip.transforms.extract.transform import ExtractCandidates
+from crawl2clip.transforms.httpfs import expand_path_listing
+from crawl2clip.transforms.schema import CANDIDATE_SCHEMA
+
+
+def input_patterns(options: Crawl2ClipOptions) -> list[str]:
+    patterns = list(options.input or [])
+    if options.input_list:
+        patterns += expand_path_listing(options.input_list, options.input_prefix)
+    return patterns
+
+
+def build_extract(pipeline: beam.Pipeline, options: Crawl2ClipOptions) -> None:
+    result = pipeline | "Extract" >> ExtractCandidates(input_patterns(options), options.extraction_rules())
+    result["pairs"] | "WritePairs" >> beam.io.WriteToParquet(
+        os.path.join(options.output, "pairs", "pairs"), CANDIDATE_SCHEMA, file_name_suffix=".parquet"
+    )
+    result["errors"] | "WriteErrors" >> WriteErrors(options.output)

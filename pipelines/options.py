@@ -1,0 +1,73 @@
+"""Every crawl2clip option, defined once: one name, one default, one help text.
+
+`Crawl2ClipOptions` is a Beam `PipelineOptions` subclass, so the command line, config files,
+templates and remote workers all see the same options, and every Beam runner flag
+(`--runner`, `--flink_master`, `--direct_num_workers`, ...) passes through untouched.
+"""
+
+import argparse
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from crawl2clip.transforms.extract.rules import ExtractionRules
+
+COMMON_CRAWL_PREFIX = "https://data.commoncrawl.org/"
+_DEFAULT_RULES = ExtractionRules()
+
+
+def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Adds `--a-b` and its alias `--a_b`: users type dashes, while Beam hands options to remote
+    workers and job servers by their underscore names."""
+    dest = name.replace("-", "_")
+    flags = [f"--{name}"] + ([f"--{dest}"] if dest != name else [])
+    parser.add_argument(*flags, dest=dest, **kwargs)
+
+
+class Crawl2ClipOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        _add(parser, "input", action="extend", nargs="+", default=None, metavar="PATH_OR_GLOB",
+             help="Web archives to read: WARC, ARC or WAT files (plain or gzip), local paths, "
+                  "globs, or any Beam filesystem URL (gs://, s3://, https://).")
+        _add(parser, "input-list", default=None, metavar="PATHS_FILE",
+             help="A Common Crawl path listing (e.g. crawl-data/CC-MAIN-2024-22/warc.paths.gz, "
+                  "local or remote); each line is joined to --input-prefix.")
+        _add(parser, "input-prefix", default=COMMON_CRAWL_PREFIX,
+             help="Prefix for the relative paths of --input-list (s3://commoncrawl/ on AWS).")
+        _add(parser, "output", default=None, metavar="DIR",
+             help="Output folder: DIR/pairs/*.parquet, DIR/errors/*.parquet, DIR/metrics.json.")
+        _add(parser, "min-alt-chars", type=int, default=_DEFAULT_RULES.min_alt_chars,
+             help="Drop alt texts shorter than this after whitespace collapsing (LAION: 5).")
+        _add(parser, "max-alt-chars", type=int, default=_DEFAULT_RULES.max_alt_chars,
+             help="Cut alt texts at this many characters (LAION: 2000).")
+        _add(parser, "max-host-chars", type=int, default=_DEFAULT_RULES.max_host_chars,
+             help="Drop image URLs whose host name is longer than this (LAION: 60).")
+        _add(parser, "keep-svg-gif", action="store_true", default=False,
+             help="Keep .svg and .gif images (dropped by default, as LAION did).")
+        _add(parser, "no-lazy-src", action="store_true", default=False,
+             help="Do not fall back to data-src/data-lazy-src/data-original when src is "
+                  "missing or a data: placeholder.")
+
+    def extraction_rules(self) -> ExtractionRules:
+        return ExtractionRules(
+            min_alt_chars=self.min_alt_chars,
+            max_alt_chars=self.max_alt_chars,
+            max_host_chars=self.max_host_chars,
+            keep_svg_gif=self.keep_svg_gif,
+            lazy_src=not self.no_lazy_src,
+        )
+
+    def validate_extract(self) -> list[str]:
+        """Problems that must stop the run before it starts, as messages for the user."""
+        problems = []
+        if not self.input and not self.input_list:
+            problems.append("give --input PATH_OR_GLOB [...] or --input-list PATHS_FILE")
+        if not self.output:
+            problems.append("give --output DIR")
+        if self.min_alt_chars < 0:
+            problems.append("--min-alt-chars must be >= 0")
+        if self.max_alt_chars < max(self.min_alt_chars, 1):
+            problems.append("--max-alt-chars must be >= --min-alt-chars and >= 1")
+        if self.max_host_chars < 1:
+            problems.append("--max-host-chars must be >= 1")
+        return problems

@@ -1,0 +1,57 @@
+"""Errors are data: one record shape for every stage, counted and written next to the output.
+
+A stage's DoFn emits bad input on the `ERRORS` tagged output (an `error_record`) and bumps the
+matching counter; the pipeline flattens every stage's errors and writes them to `DIR/errors/`.
+"""
+
+import functools
+import os
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from crawl2clip.transforms.schema import ERROR_SCHEMA
+
+ERRORS = "errors"  # the tag of every stage's error output
+MAX_DETAIL_CHARS = 1000
+
+
+def error_record(
+    stage: str, reason: str, source: str = "", offset: int = -1, url: str = "", detail: str = ""
+) -> dict:
+    """One row of the errors output. `reason` is a short machine-readable word."""
+    return {
+        "stage": stage,
+        "reason": reason,
+        "source": source,
+        "offset": int(offset),
+        "url": url,
+        "detail": detail[:MAX_DETAIL_CHARS],
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def counter(stage: str, name: str):
+    """The Beam counter `stage:name` (cached: counters are looked up per element on hot paths)."""
+    return Metrics.counter(stage, name)
+
+
+def count_error(record: dict) -> dict:
+    """Counts an error under `<stage>:error_<reason>` and returns it, for use in a DoFn."""
+    counter(record["stage"], "error_" + record["reason"]).inc()
+    return record
+
+
+class WriteErrors(beam.PTransform):
+    """Writes error records as parquet under `output_dir/errors/`."""
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self.output_dir = output_dir
+
+    def expand(self, errors):
+        return errors | "WriteErrorParquet" >> beam.io.WriteToParquet(
+            os.path.join(self.output_dir, "errors", "errors"),
+            ERROR_SCHEMA,
+            file_name_suffix=".parquet",
+        )

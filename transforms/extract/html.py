@@ -1,0 +1,175 @@
+"""Finds `<img>` tags and the `<base href>` in raw HTML bytes, the way an HTML5 parser would.
+
+A full DOM parse is the slow part of extraction and we need only two tag names, so this module
+tokenizes just enough of HTML5: it finds `<img` and `<base` tags, reads their attributes with the
+HTML5 attribute rules (quoted, unquoted, valueless, first duplicate wins, names lower-cased), and
+skips what an HTML5 parser would not see as tags: comments and the contents of raw-text and
+RCDATA elements (script, style, textarea, title, ...). tests/test_html.py holds it against the
+lexbor HTML5 parser (selectolax) on every real page in the shared archives.
+"""
+
+import codecs
+import html.entities
+import re
+from collections.abc import Iterator
+
+_WS = rb"\t\n\f\r "
+# A tag we care about, a comment, or an element whose content is not markup.
+_TOKEN = re.compile(
+    rb"<(?:(img|base)(?=[" + _WS + rb"/>])|(!--)|"
+    rb"(script|style|textarea|title|xmp|iframe|noembed|noframes|plaintext)(?=[" + _WS + rb"/>]))",
+    re.IGNORECASE,
+)
+_ATTRIBUTE = re.compile(
+    rb"[" + _WS + rb"/]*([^" + _WS + rb"/>][^" + _WS + rb"/>=]*)"
+    rb"(?:[" + _WS + rb"]*=[" + _WS + rb"]*(?:\"([^\"]*)\"|'([^']*)'|([^" + _WS + rb">]*)))?"
+)
+_TAG_END = re.compile(rb"[" + _WS + rb"/]*>")
+_COMMENT_END = re.compile(rb"-->|--!>")
+_CLOSING = {}  # element name -> compiled "</name" end-tag pattern
+
+
+def _closing_tag(name: bytes) -> re.Pattern:
+    pattern = _CLOSING.get(name)
+    if pattern is None:
+        pattern = _CLOSING[name] = re.compile(rb"</" + name + rb"[" + _WS + rb"/>]", re.IGNORECASE)
+    return pattern
+
+
+def parse_attributes(page: bytes, position: int) -> tuple[dict[bytes, bytes], int]:
+    """Attributes of the tag whose name ends at `position`, and the offset after its `>`."""
+    attributes: dict[bytes, bytes] = {}
+    while True:
+        end = _TAG_END.match(page, position)
+        if end:
+            return attributes, end.end()
+        match = _ATTRIBUTE.match(page, position)
+        if match is None or match.end() == position:  # end of input inside the tag
+            return attributes, len(page)
+        name = match.group(1).lower()
+        if name not in attributes:
+            value = match.group(2)
+            if value is None:
+                value = match.group(3)
+                if value is None:
+                    value = match.group(4) or b""
+            attributes[name] = value
+        position = match.end()
+
+
+def iter_tags(page: bytes) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
+    """(tag name, attributes) of every `img` and `base` tag an HTML5 parser would see."""
+    position = 0
+    search = _TOKEN.search
+    while True:
+        token = search(page, position)
+        if token is None:
+            return
+        tag, comment, raw_text = token.groups()
+        if tag is not None:
+            attributes, position = parse_attributes(page, token.end())
+            yield tag.lower(), attributes
+        elif comment is not None:
+            start = token.end()
+            if page.startswith(b">", start) or page.startswith(b"->", start):  # <!--> and <!--->
+                position = start + 1
+                continue
+            end = _COMMENT_END.search(page, start)
+            if end is None:
+                return
+            position = end.end()
+        else:
+            name = raw_text.lower()
+            if name == b"plaintext":
+                return
+            _, after_open_tag = parse_attributes(page, token.end())
+            end = _closing_tag(name).search(page, after_open_tag)
+            if end is None:
+                return
+            position = end.end()
+
+
+# HTML5 character references: in attribute values, a reference without ';' is decoded only when
+# it is a legacy name and is not followed by '=' or an alphanumeric (so `?a=1&copy=2` survives).
+_LEGACY_ENTITIES = frozenset(name for name in html.entities.html5 if not name.endswith(";"))
+_CHARACTER_REFERENCE = re.compile(r"&(#[xX][0-9a-fA-F]+;?|#[0-9]+;?|[A-Za-z][A-Za-z0-9]*;?)")
+
+
+def _decode_reference(match: re.Match) -> str:
+    reference = match.group(1)
+    if reference.endswith(";") or reference.startswith("#"):
+        return html.unescape(match.group(0))
+    following = match.string[match.end():match.end() + 1]
+    if reference in _LEGACY_ENTITIES and following != "=":
+        return html.entities.html5[reference]
+    # The longest legacy prefix followed by an alphanumeric is not decoded in attributes.
+    return match.group(0)
+
+
+def unescape_attribute(value: str) -> str:
+    """Decodes character references in an attribute value with HTML5's attribute rules."""
+    if "&" not in value:
+        return value
+    return _CHARACTER_REFERENCE.sub(_decode_reference, value)
+
+
+_META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([A-Za-z0-9_.:-]+)", re.IGNORECASE)
+_HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?\s*([A-Za-z0-9_.:-]+)", re.IGNORECASE)
+# WHATWG Encoding: these labels mean windows-1252 on the web.
+_WINDOWS_1252_LABELS = {"iso-8859-1", "iso8859-1", "latin1", "latin-1", "l1", "ascii", "us-ascii", "cp819"}
+
+
+def _codec_name(label: str | None) -> str | None:
+    if not label:
+        return None
+    label = label.strip().lower()
+    if label in _WINDOWS_1252_LABELS:
+        return "cp1252"
+    try:
+        return codecs.lookup(label).name
+    except LookupError:
+        return None
+
+
+def detect_charset(page: bytes, content_type: str = "") -> str:
+    """The page's encoding: BOM, then the HTTP header, then a `<meta>` in the first KiB, then UTF-8."""
+    if page.startswith(codecs.BOM_UTF8):
+        return "utf-8"
+    if page.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    header = _HEADER_CHARSET.search(content_type) if content_type else None
+    meta = _META_CHARSET.search(page, 0, 1024)
+    for label in (header.group(1) if header else None, meta.group(1).decode("ascii") if meta else None):
+        name = _codec_name(label)
+        if name is not None:
+            # A document that is ASCII-compatible in its first bytes cannot really be UTF-16
+            # (HTML5 turns a UTF-16 meta into UTF-8).
+            return "utf-8" if name.startswith("utf-16") else name
+    return "utf-8"
+
+
+def decode_value(raw: bytes, charset: str) -> str:
+    """An attribute value as text: the page's charset, else windows-1252 (the web's legacy
+    default), else UTF-8 with replacement characters; never raises."""
+    try:
+        text = raw.decode(charset)
+    except (UnicodeDecodeError, LookupError):
+        try:
+            text = raw.decode("cp1252")
+        except UnicodeDecodeError:
+            text = raw.decode("utf-8", "replace")
+    return unescape_attribute(text)
+
+
+def to_ascii_compatible(page: bytes, charset: str) -> tuple[bytes, str]:
+    """UTF-16/32 pages re-encoded as UTF-8, so the byte-level tokenizer can read them."""
+    if charset.startswith(("utf-16", "utf-32")):
+        return page.decode(charset, "replace").encode("utf-8"), "utf-8"
+    return page, charset
+
+
+def looks_binary(page: bytes) -> bool:
+    """A body that is not text at all (an image or PDF served as text/html): NUL bytes in its
+    first KiB without a UTF-16 byte-order mark."""
+    head = page[:1024]
+    return b"\x00" in head and not head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))

@@ -1,0 +1,38 @@
+"""Column names and Arrow types of everything the stages write, defined once.
+
+LAION-5B's names (`URL`, `TEXT`, ...) are kept so its tools read our output unchanged; our own
+columns are lower-case.
+"""
+
+import pyarrow as pa
+
+URL = "URL"  # the image URL, absolute
+TEXT = "TEXT"  # the caption (alt text)
+UID = "uid"  # stable hash of URL + TEXT, the key of a pair across every stage
+PAGE_URL = "page_url"
+SOURCE = "source"  # the archive file the pair came from
+OFFSET = "offset"  # byte offset of the record in that file (gzip member start when compressed)
+OCCURRENCES = "occurrences"  # how many times the crawl held this exact pair
+
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        pa.field(URL, pa.string(), nullable=False),
+        pa.field(TEXT, pa.string(), nullable=False),
+        pa.field(UID, pa.string(), nullable=False),
+        pa.field(PAGE_URL, pa.string(), nullable=False),
+        pa.field(SOURCE, pa.string(), nullable=False),
+        pa.field(OFFSET, pa.int64(), nullable=False),
+        pa.field(OCCURRENCES, pa.int64(), nullable=False),
+    ]
+)
+
+ERROR_SCHEMA = pa.schema(
+    [
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+    ]
+)
