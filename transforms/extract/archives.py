@@ -7,6 +7,7 @@ next gzip member (or WARC record) that parses, so one bad byte does not cost the
 """
 
 import io
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -86,26 +87,37 @@ def _iter_warc(path: str, stream: BinaryIO, compressed: bool) -> Iterator[Archiv
     position = 0
     while True:
         stream.seek(position)
-        last_offset = position - 1
+        last_offset = None  # start of the last record that parsed in this attempt
+        item = None
         try:
             for record in FastWarcIterator(stream, parse_http=False):
                 last_offset = record.stream_pos
                 item = _warc_record(path, record)
-                if item is not None:
-                    yield item
+                yield item
+            if isinstance(item, ArchiveError):  # the last record was short: already said
+                return
+            tail = _unread_tail(stream, position if last_offset is None else last_offset, compressed)
+            if tail is not None:
+                yield ArchiveError(path, tail, "truncated_record", "the file ends inside a record")
             return
         except Exception as exc:  # fastwarc raises OSError/ValueError subclasses on bad data
-            # The failure is in the member (or record) after the last one that parsed.
-            bad_offset = _next_start(stream, last_offset + 1, compressed)
-            yield ArchiveError(path, bad_offset if bad_offset is not None else last_offset + 1,
-                               "corrupt_record", f"{type(exc).__name__}: {exc}")
-            resume = None if bad_offset is None else _next_start(stream, bad_offset + 1, compressed)
+            if last_offset is None and position > 0:
+                # The member we resumed at is itself broken: same damage, already reported.
+                search_from = position + 1
+            else:
+                search_from = 0 if last_offset is None else last_offset + 1
+                broken_at = _next_start(stream, search_from, compressed, validate=False)
+                yield ArchiveError(path, search_from if broken_at is None else broken_at,
+                                   "corrupt_record", f"{type(exc).__name__}: {exc}")
+                if last_offset is None:
+                    search_from = 1
+            resume = _next_start(stream, search_from, compressed, validate=True)
             if resume is None:
                 return
             position = resume
 
 
-def _warc_record(path: str, record) -> ArchiveRecord | ArchiveError | None:
+def _warc_record(path: str, record) -> ArchiveRecord | ArchiveError:
     headers = record.headers
     offset = record.stream_pos
     record_type = headers.get("WARC-Type")
@@ -129,9 +141,9 @@ def _warc_record(path: str, record) -> ArchiveRecord | ArchiveError | None:
     )
 
 
-def _next_start(stream: BinaryIO, start: int, compressed: bool) -> int | None:
-    """Offset of the first gzip member (or `WARC/` record line) at or after `start` that looks
-    valid: a gzip member must decompress to the start of a WARC record."""
+def _next_start(stream: BinaryIO, start: int, compressed: bool, validate: bool) -> int | None:
+    """Offset of the first gzip member (or `WARC/` record line) at or after `start`. With
+    `validate`, a gzip member must also decompress to the start of a WARC record."""
     marker = GZIP_MAGIC + b"\x08" if compressed else b"WARC/1."
     position = start
     while True:
@@ -145,12 +157,42 @@ def _next_start(stream: BinaryIO, start: int, compressed: bool) -> int | None:
             if not compressed:
                 if candidate == 0 or chunk[at - 1:at] == b"\n":
                     return candidate
-            elif _decompressed_head(chunk[at:at + 4096]).startswith(b"WARC/"):
+            elif not validate or _member_starts_a_record(stream, candidate):
                 return candidate
             at = chunk.find(marker, at + 1)
         if len(chunk) <= _RESYNC_CHUNK:
             return None
         position += _RESYNC_CHUNK
+
+
+def _unread_tail(stream: BinaryIO, last_offset: int, compressed: bool) -> int | None:
+    """Where bytes the reader silently stopped at begin (a file cut inside a record's header),
+    or None when the last record ends the file. Reads only the last record."""
+    stream.seek(last_offset)
+    data = stream.read()
+    if not data:  # a whole-file gzip stream reports the end of the file as its position
+        return None
+    if compressed:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            inflater.decompress(data)
+        except zlib.error:
+            return last_offset
+        if not inflater.eof:
+            return last_offset
+        rest = inflater.unused_data
+        return None if not rest.strip(b"\x00\r\n ") else last_offset + len(data) - len(rest)
+    header_end = data.find(b"\r\n\r\n")
+    length = re.search(rb"\r\nContent-Length:\s*(\d+)", data[:header_end], re.IGNORECASE)
+    if header_end == -1 or length is None:
+        return last_offset
+    record_end = header_end + 4 + int(length.group(1))
+    return None if not data[record_end:].strip(b"\r\n ") else last_offset + record_end
+
+
+def _member_starts_a_record(stream: BinaryIO, offset: int) -> bool:
+    stream.seek(offset)
+    return _decompressed_head(stream.read(4096)).startswith(b"WARC/")
 
 
 def _iter_arc(path: str, stream: BinaryIO) -> Iterator[ArchiveRecord | ArchiveError]:
@@ -159,18 +201,23 @@ def _iter_arc(path: str, stream: BinaryIO) -> Iterator[ArchiveRecord | ArchiveEr
     iterator = WarcioIterator(stream, arc2warc=True)
     try:
         for record in iterator:
-            offset = iterator.get_record_offset()
+            block = record.raw_stream.read()
+            offset = iterator.get_record_offset()  # valid only once the record is read
             if record.rec_type == "warcinfo":
                 continue
-            block = record.raw_stream.read()
             http = record.http_headers
             # warcio has parsed the HTTP head off the block: put it back so ARC and WARC records
             # go through the same HTTP parser.
-            head = http.to_str().encode("iso-8859-1") if http is not None else b""
+            head = _http_head(http) if http is not None else b""
             yield ArchiveRecord(path, offset, "response", record.rec_headers.get_header("WARC-Target-URI", ""),
                                 "application/http; msgtype=response", head + block, "")
     except Exception as exc:
         yield ArchiveError(path, iterator.offset, "corrupt_record", f"{type(exc).__name__}: {exc}")
+
+
+def _http_head(http) -> bytes:
+    lines = [f"{http.protocol} {http.statusline}"] + [f"{name}: {value}" for name, value in http.headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1", "replace")
 
 
 def open_local(path: str) -> BinaryIO:

@@ -97,12 +97,14 @@ _CHARACTER_REFERENCE = re.compile(r"&(#[xX][0-9a-fA-F]+;?|#[0-9]+;?|[A-Za-z][A-Z
 
 def _decode_reference(match: re.Match) -> str:
     reference = match.group(1)
-    if reference.endswith(";") or reference.startswith("#"):
+    if reference.startswith("#"):
         return html.unescape(match.group(0))
+    if reference.endswith(";"):
+        return html.entities.html5.get(reference, match.group(0))
     following = match.string[match.end():match.end() + 1]
     if reference in _LEGACY_ENTITIES and following != "=":
         return html.entities.html5[reference]
-    # The longest legacy prefix followed by an alphanumeric is not decoded in attributes.
+    # A legacy name followed by more alphanumerics (or '=') stays as written in attributes.
     return match.group(0)
 
 

@@ -1,0 +1,19 @@
+import os
+
+import pytest
+
+from tests.archive_files import WARC_DIR, WAT_DIR
+
+
+@pytest.fixture(scope="session")
+def warc_dir() -> str:
+    if not os.path.isdir(WARC_DIR):
+        pytest.skip(f"the shared real data is not at {WARC_DIR}")
+    return WARC_DIR
+
+
+@pytest.fixture(scope="session")
+def wat_dir() -> str:
+    if not os.path.isdir(WAT_DIR):
+        pytest.skip(f"the shared real data is not at {WAT_DIR}")
+    return WAT_DIR
