@@ -16,6 +16,7 @@ from crawl2clip.transforms.extract.html import (
     iter_tags,
     looks_binary,
     to_ascii_compatible,
+    unescape_attribute,
 )
 from crawl2clip.transforms.extract.http import HttpParseError, decoded_body, parse_http_response
 from crawl2clip.transforms.extract.rules import ExtractionRules, candidate
@@ -111,8 +112,9 @@ def pairs_from_wat(block: bytes, rules: ExtractionRules) -> RecordPairs:
     page_url = envelope.get("WARC-Header-Metadata", {}).get("WARC-Target-URI", "")
     base = metadata.get("Head", {}).get("Base")
     base_url = urljoin(page_url, base.strip()) if base else page_url
+    # The WAT generator copies attribute values as written: character references still in.
     images = [
-        {"src": link.get("url", ""), **({"alt": link["alt"]} if "alt" in link else {})}
+        {"src": unescape_attribute(link.get("url", "")), **({"alt": unescape_attribute(link["alt"])} if "alt" in link else {})}
         for link in metadata.get("Links", [])
         if link.get("path") == "IMG@/src"
     ]
