@@ -15,7 +15,9 @@ FOLDERS = ("pipelines", "transforms", "models")
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:
-    packages, package_dir = ["crawl2clip"], {"crawl2clip": "crawl2clip"}
+    # deploy/templates/ (Beam YAML templates) ships too, as crawl2clip.templates.
+    packages = ["crawl2clip", "crawl2clip.templates"]
+    package_dir = {"crawl2clip": "crawl2clip", "crawl2clip.templates": "deploy/templates"}
     for folder in FOLDERS:
         for root, dirs, files in os.walk(os.path.join(HERE, folder)):
             dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
@@ -38,16 +40,15 @@ setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
     include_package_data=True,
-    package_data={"crawl2clip.pipelines": ["templates/*.yaml"]},
+    package_data={"crawl2clip.templates": ["*.yaml", "flex/*.json"]},
     install_requires=[
         # Beam 2.62.0 exactly: the Flink/Spark runner jars this project builds its job servers
         # from resolve only at 2.62.0, and the Python SDK must match the runner.
-        "apache-beam==2.62.0",
+        "apache-beam[yaml]==2.62.0",
         "fastwarc>=2.0,<3",
         "warcio>=1.7,<2",
         "pyarrow>=14,<17",
         "brotli>=1.1",
-        "jinja2>=3.1",
         "pyyaml>=6",
     ],
     extras_require={

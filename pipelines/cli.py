@@ -3,6 +3,9 @@
     crawl2clip extract --input GLOB [GLOB ...] --output DIR [any Beam pipeline option]
     crawl2clip demo [--output DIR]          # builds the sample crawl and extracts it
     crawl2clip sample-crawl --output FILE   # only writes the sample crawl
+    crawl2clip run --template NAME --set KEY=VALUE ... [Beam options]   # a deploy/templates job
+    crawl2clip templates                    # lists the templates
+    crawl2clip flex-metadata [--output FILE]   # Dataflow Flex Template metadata.json
 
 Stage options are parsed by Beam (`Crawl2ClipOptions`), so runner flags pass straight through.
 """
@@ -16,6 +19,12 @@ from crawl2clip.pipelines.extract import build_extract
 from crawl2clip.pipelines.options import Crawl2ClipOptions
 from crawl2clip.pipelines.run import PipelineFailed, run_pipeline, with_default_runner
 from crawl2clip.pipelines.sample_crawl import write_sample_crawl
+from crawl2clip.pipelines.templates import (
+    flex_template_metadata_json,
+    parse_assignments,
+    render,
+    template_names,
+)
 
 DEMO_OUTPUT = os.path.join("output", "demo")
 
@@ -77,7 +86,62 @@ def sample_crawl(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"extract": extract, "demo": demo, "sample-crawl": sample_crawl}
+def run_template(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="crawl2clip run", epilog="Other flags go to Beam (--runner, ...).",
+                                     description="Run a templated batch job (Beam YAML + Jinja variables).")
+    parser.add_argument("--template", required=True, help=f"a name ({', '.join(template_names())}) or a YAML file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a template variable; VALUE is read as YAML (numbers, true/false, [lists])")
+    args, beam_args = parser.parse_known_args(argv)
+    # Imported here: Beam YAML's providers are slow to import and only this command needs them.
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.yaml import yaml_transform
+
+    try:
+        variables = parse_assignments(args.set)
+        if "output" not in variables:
+            raise ValueError("give --set output=DIR")
+        spec = render(args.template, variables)
+    except Exception as exc:  # unknown template, bad --set, undefined variable, bad YAML
+        print(f"crawl2clip run: {exc}", file=sys.stderr)
+        return 2
+    options = PipelineOptions(with_default_runner(beam_args), pickle_library="cloudpickle",
+                              **yaml_transform.SafeLineLoader.strip_metadata(spec.get("options", {})))
+    try:
+        report = run_pipeline(options, lambda p: yaml_transform.expand_pipeline(p, spec), variables["output"])
+    except PipelineFailed as exc:
+        print(f"crawl2clip run: {exc}", file=sys.stderr)
+        return 1
+    _print_report(report, variables["output"])
+    return 0
+
+
+def list_templates(argv: list[str]) -> int:
+    print("\n".join(template_names()))
+    return 0
+
+
+def flex_metadata(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="crawl2clip flex-metadata")
+    parser.add_argument("--output", help="file to write (default: standard output)")
+    args = parser.parse_args(argv)
+    text = flex_template_metadata_json()
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+COMMANDS = {
+    "extract": extract,
+    "demo": demo,
+    "sample-crawl": sample_crawl,
+    "run": run_template,
+    "templates": list_templates,
+    "flex-metadata": flex_metadata,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

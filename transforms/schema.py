@@ -4,6 +4,9 @@ LAION-5B's names (`URL`, `TEXT`, ...) are kept so its tools read our output unch
 columns are lower-case.
 """
 
+from typing import NamedTuple
+
+import apache_beam as beam
 import pyarrow as pa
 
 URL = "URL"  # the image URL, absolute
@@ -36,3 +39,28 @@ ERROR_SCHEMA = pa.schema(
         pa.field("detail", pa.string(), nullable=False),
     ]
 )
+
+
+class CandidateRow(NamedTuple):
+    """A candidate pair as a schema'd Beam row, for Beam YAML and other schema-aware users."""
+
+    URL: str
+    TEXT: str
+    uid: str
+    page_url: str
+    source: str
+    offset: int
+    occurrences: int
+
+
+class ErrorRow(NamedTuple):
+    stage: str
+    reason: str
+    source: str
+    offset: int
+    url: str
+    detail: str
+
+
+beam.coders.registry.register_coder(CandidateRow, beam.coders.RowCoder)
+beam.coders.registry.register_coder(ErrorRow, beam.coders.RowCoder)
