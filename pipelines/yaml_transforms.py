@@ -15,6 +15,8 @@ from crawl2clip.transforms.errors import WriteErrors as _WriteErrorParquet
 from crawl2clip.transforms.extract.rules import ExtractionRules
 from crawl2clip.transforms.extract.transform import ExtractCandidates as _ExtractCandidates
 from crawl2clip.transforms.httpfs import expand_path_listing
+from crawl2clip.transforms.language import DEFAULT_THRESHOLD, NoLanguage
+from crawl2clip.transforms.language import IdentifyLanguage as _IdentifyLanguage
 from crawl2clip.transforms.schema import CANDIDATE_SCHEMA, CandidateRow, ErrorRow
 
 _RULES = ExtractionRules()
@@ -35,7 +37,7 @@ class ExtractCandidates(beam.PTransform):
         max_host_chars: int = _RULES.max_host_chars,
         keep_svg_gif: bool = _RULES.keep_svg_gif,
         no_lazy_src: bool = not _RULES.lazy_src,
-    ):
+    ):  # the language options belong to IdentifyLanguage below
         super().__init__()
         patterns = [input] if isinstance(input, str) else list(input or [])
         if input_list:
@@ -51,6 +53,23 @@ class ExtractCandidates(beam.PTransform):
             "pairs": result["pairs"] | "PairRows" >> beam.Map(lambda d: CandidateRow(**d)).with_output_types(CandidateRow),
             "errors": result["errors"] | "ErrorRows" >> beam.Map(lambda d: ErrorRow(**d)).with_output_types(ErrorRow),
         }
+
+
+class IdentifyLanguage(beam.PTransform):
+    """CandidateRows in, CandidateRows with LANGUAGE, LANGUAGE_SCORE and split out."""
+
+    def __init__(self, langid_model: str | None = None, langid_threshold: float = DEFAULT_THRESHOLD,
+                 no_langid: bool = False):
+        super().__init__()
+        self.language = NoLanguage() if no_langid else _IdentifyLanguage(langid_model, langid_threshold)
+
+    def expand(self, rows):
+        return (
+            rows
+            | "AsDicts" >> beam.Map(lambda row: row._asdict())
+            | "Language" >> self.language
+            | "PairRows" >> beam.Map(lambda d: CandidateRow(**d)).with_output_types(CandidateRow)
+        )
 
 
 class WriteCandidates(beam.PTransform):

@@ -15,7 +15,7 @@ from apache_beam.yaml import yaml_transform
 from crawl2clip.pipelines.cli import main
 from crawl2clip.pipelines.options import Crawl2ClipOptions
 from crawl2clip.pipelines.templates import flex_template_metadata_json, render, template_names
-from crawl2clip.pipelines.yaml_transforms import ExtractCandidates
+from crawl2clip.pipelines.yaml_transforms import ExtractCandidates, IdentifyLanguage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,13 +88,25 @@ providers:
 
 
 def test_template_config_uses_the_option_names():
+    ours = {"ExtractCandidates": ExtractCandidates, "IdentifyLanguage": IdentifyLanguage}
     for name in template_names():
         spec = yaml_transform.SafeLineLoader.strip_metadata(render(name, {"input": ["x.warc"], "output": "out"}))
         for transform in spec["pipeline"]["transforms"]:
-            if transform["type"] == "ExtractCandidates":
+            if transform["type"] in ours:
                 assert set(transform["config"]) <= option_names()
-    parameters = set(inspect.signature(ExtractCandidates.__init__).parameters) - {"self"}
+    parameters = set()
+    for transform in ours.values():
+        parameters |= set(inspect.signature(transform.__init__).parameters) - {"self"}
     assert parameters == option_names() - {"output"}
+
+
+@pytest.mark.parametrize("template, split", [("laion-en", "en"), ("laion-multi", "multi")])
+def test_laion_split_templates(warc_dir, cli_output, tmp_path, template, split):
+    output = str(tmp_path / template)
+    assert main(["run", "--template", template, "--set", f"input=['{warc_dir}/*']", "--set", f"output={output}"]) == 0
+    kept = pq.read_table(os.path.join(output, "pairs")).to_pylist()
+    everything = pq.read_table(os.path.join(cli_output, "pairs")).to_pylist()
+    assert kept and {r["uid"] for r in kept} == {r["uid"] for r in everything if r["split"] == split}
 
 
 def test_template_mistakes_fail_fast(tmp_path, capsys):

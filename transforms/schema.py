@@ -4,7 +4,7 @@ LAION-5B's names (`URL`, `TEXT`, ...) are kept so its tools read our output unch
 columns are lower-case.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -16,6 +16,9 @@ PAGE_URL = "page_url"
 SOURCE = "source"  # the archive file the pair came from
 OFFSET = "offset"  # byte offset of the record in that file (gzip member start when compressed)
 OCCURRENCES = "occurrences"  # how many times the crawl held this exact pair
+LANGUAGE = "LANGUAGE"  # ISO 639 code of the caption's language (fastText lid.176)
+LANGUAGE_SCORE = "LANGUAGE_SCORE"  # the model's probability for it
+SPLIT = "split"  # LAION's split: en, multi or nolang
 
 CANDIDATE_SCHEMA = pa.schema(
     [
@@ -26,6 +29,11 @@ CANDIDATE_SCHEMA = pa.schema(
         pa.field(SOURCE, pa.string(), nullable=False),
         pa.field(OFFSET, pa.int64(), nullable=False),
         pa.field(OCCURRENCES, pa.int64(), nullable=False),
+        # null when language identification is off; LANGUAGE/LANGUAGE_SCORE also when a rule
+        # decided `nolang` without asking the model
+        pa.field(LANGUAGE, pa.string()),
+        pa.field(LANGUAGE_SCORE, pa.float32()),
+        pa.field(SPLIT, pa.string()),
     ]
 )
 
@@ -51,6 +59,9 @@ class CandidateRow(NamedTuple):
     source: str
     offset: int
     occurrences: int
+    LANGUAGE: Optional[str] = None
+    LANGUAGE_SCORE: Optional[float] = None
+    split: Optional[str] = None
 
 
 class ErrorRow(NamedTuple):
