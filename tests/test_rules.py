@@ -1,5 +1,7 @@
 """LAION's candidate rules, one function at a time."""
 
+from urllib.parse import urljoin
+
 import pytest
 
 from crawl2clip.transforms.extract.rules import (
@@ -7,6 +9,8 @@ from crawl2clip.transforms.extract.rules import (
     candidate,
     choose_src,
     clean_alt,
+    clean_url_text,
+    join_url,
     pair_uid,
     resolve_image_url,
 )
@@ -67,3 +71,28 @@ def test_uid_is_stable_and_separates_fields():
     assert pair_uid("ab", "c") != pair_uid("a", "bc")
     # Pinned: uids join outputs of different runs and versions, so they must never change.
     assert pair_uid("https://example.org/a.jpg", "A red fox") == "64eac5364f17913daaaf96b64f713657"
+
+
+@pytest.mark.parametrize(
+    "base",
+    ["https://example.org/dir/page.html?q=1#top", "http://example.org", "http://example.org/", "https://u:p@h.com:8080/a/b/"],
+)
+@pytest.mark.parametrize(
+    "src",
+    ["a.jpg", "/a.jpg", "//cdn.x.net/a.png", "img/b c.jpg?x=1&y=2", "../up.jpg", "./here.jpg", "?only=query",
+     "#frag", "https://other.org/a.jpg", "mailto:x@y.z", "a:b/c.jpg", "..", "sub/../x.jpg", "", "é/ü.jpg"],
+)
+def test_join_url_equals_urljoin(base, src):
+    assert join_url(base, src) == urljoin(base, src)
+
+
+def test_join_url_on_every_real_image_address(warc_dir):
+    from tests.test_html import _real_html_pages, images
+
+    checked = 0
+    for url, page in _real_html_pages(warc_dir):
+        for attributes in images(page):
+            src = clean_url_text(attributes.get(b"src", b"").decode("utf-8", "replace"))
+            assert join_url(url, src) == urljoin(url, src), (url, src)
+            checked += 1
+    assert checked > 300

@@ -14,76 +14,70 @@ import re
 from collections.abc import Iterator
 
 _WS = rb"\t\n\f\r "
-# A tag we care about, a comment, or an element whose content is not markup.
+# A tag we care about, a comment, or an element whose content is not markup. Matched on the
+# lower-cased page, case-sensitively: about a third faster than re.IGNORECASE on every '<'.
 _TOKEN = re.compile(
     rb"<(?:(img|base)(?=[" + _WS + rb"/>])|(!--)|"
-    rb"(script|style|textarea|title|xmp|iframe|noembed|noframes|plaintext)(?=[" + _WS + rb"/>]))",
-    re.IGNORECASE,
+    rb"(script|style|textarea|title|xmp|iframe|noembed|noframes|plaintext)(?=[" + _WS + rb"/>]))"
 )
-_ATTRIBUTE = re.compile(
-    rb"[" + _WS + rb"/]*([^" + _WS + rb"/>][^" + _WS + rb"/>=]*)"
-    rb"(?:[" + _WS + rb"]*=[" + _WS + rb"]*(?:\"([^\"]*)\"|'([^']*)'|([^" + _WS + rb">]*)))?"
+_ATTRIBUTE_PATTERN = (
+    rb"[" + _WS + rb"/]*+([^" + _WS + rb"/>][^" + _WS + rb"/>=]*+)"
+    rb"(?:[" + _WS + rb"]*+=[" + _WS + rb"]*+(?:\"([^\"]*+)\"|'([^']*+)'|([^" + _WS + rb">]*+)))?+"
 )
-_TAG_END = re.compile(rb"[" + _WS + rb"/]*>")
+_ATTRIBUTE = re.compile(_ATTRIBUTE_PATTERN)
+# A whole run of attributes up to the tag's '>' (possessive: no backtracking on long tags).
+_ATTRIBUTES_TO_END = re.compile(rb"(?:" + _ATTRIBUTE_PATTERN + rb")*+[" + _WS + rb"/]*+>")
 _COMMENT_END = re.compile(rb"-->|--!>")
-_CLOSING = {}  # element name -> compiled "</name" end-tag pattern
+_CLOSING = {}  # element name -> compiled "</name" end-tag pattern (on the lower-cased page)
 
 
 def _closing_tag(name: bytes) -> re.Pattern:
     pattern = _CLOSING.get(name)
     if pattern is None:
-        pattern = _CLOSING[name] = re.compile(rb"</" + name + rb"[" + _WS + rb"/>]", re.IGNORECASE)
+        pattern = _CLOSING[name] = re.compile(rb"</" + name + rb"[" + _WS + rb"/>]")
     return pattern
 
 
 def parse_attributes(page: bytes, position: int) -> tuple[dict[bytes, bytes], int]:
     """Attributes of the tag whose name ends at `position`, and the offset after its `>`."""
+    whole = _ATTRIBUTES_TO_END.match(page, position)
+    end = whole.end() if whole else len(page)  # no '>': the tag runs to the end of input
     attributes: dict[bytes, bytes] = {}
-    while True:
-        end = _TAG_END.match(page, position)
-        if end:
-            return attributes, end.end()
-        match = _ATTRIBUTE.match(page, position)
-        if match is None or match.end() == position:  # end of input inside the tag
-            return attributes, len(page)
-        name = match.group(1).lower()
-        if name not in attributes:
-            value = match.group(2)
-            if value is None:
-                value = match.group(3)
-                if value is None:
-                    value = match.group(4) or b""
-            attributes[name] = value
-        position = match.end()
+    for name, double, single, unquoted in _ATTRIBUTE.findall(page, position, end):
+        name = name.lower()
+        if name not in attributes:  # the first of duplicate attributes wins
+            # findall gives b"" for a group that did not take part: the quoted forms go first
+            attributes[name] = double or single or unquoted
+    return attributes, end
 
 
 def iter_tags(page: bytes) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
     """(tag name, attributes) of every `img` and `base` tag an HTML5 parser would see."""
+    lowered = page.lower()  # same offsets: bytes.lower() changes ASCII letters only
     position = 0
     search = _TOKEN.search
     while True:
-        token = search(page, position)
+        token = search(lowered, position)
         if token is None:
             return
         tag, comment, raw_text = token.groups()
         if tag is not None:
             attributes, position = parse_attributes(page, token.end())
-            yield tag.lower(), attributes
+            yield tag, attributes
         elif comment is not None:
             start = token.end()
-            if page.startswith(b">", start) or page.startswith(b"->", start):  # <!--> and <!--->
+            if lowered.startswith(b">", start) or lowered.startswith(b"->", start):  # <!--> and <!--->
                 position = start + 1
                 continue
-            end = _COMMENT_END.search(page, start)
+            end = _COMMENT_END.search(lowered, start)
             if end is None:
                 return
             position = end.end()
         else:
-            name = raw_text.lower()
-            if name == b"plaintext":
+            if raw_text == b"plaintext":
                 return
             _, after_open_tag = parse_attributes(page, token.end())
-            end = _closing_tag(name).search(page, after_open_tag)
+            end = _closing_tag(raw_text).search(lowered, after_open_tag)
             if end is None:
                 return
             position = end.end()

@@ -1,5 +1,6 @@
 """Parses the HTTP response stored in a WARC/ARC record and undoes transfer and content codings."""
 
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -20,27 +21,35 @@ class HttpParseError(ValueError):
 @dataclass(slots=True)
 class HttpResponse:
     status: int
-    headers: dict[str, str]  # lower-cased names; the first value of a repeated header
+    headers: dict[str, str]  # the headers extraction reads (HEADERS), lower-cased names
     body: bytes
 
 
+# Only these are looked up: parsing every header of every response is a measurable cost.
+HEADERS = ("content-type", "transfer-encoding", "content-encoding")
+_HEADER_LINES = {name: re.compile(rb"\n" + name.encode() + rb"[ \t]*:[ \t]*([^\r\n]*)") for name in HEADERS}
+
+
 def parse_http_response(block: bytes) -> HttpResponse:
-    """Status, headers and body of a raw HTTP/1.x response (as a WARC response block holds it)."""
+    """Status, the HEADERS and the body of a raw HTTP/1.x response (as a WARC block holds it)."""
     end = block.find(b"\r\n\r\n")
     separator = 4
     if end == -1:  # some crawlers wrote bare LF line ends
         end, separator = block.find(b"\n\n"), 2
     if end == -1:
         raise HttpParseError("bad_http_header", "no end of HTTP headers")
-    lines = block[:end].decode("iso-8859-1").splitlines()
-    parts = lines[0].split(None, 2) if lines else []
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise HttpParseError("bad_http_header", f"bad status line {lines[0][:80] if lines else ''!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if colon:
-            headers.setdefault(name.strip().lower(), value.strip())
+    head = block[:end]
+    line_end = head.find(b"\n")
+    status_line = head if line_end == -1 else head[:line_end]
+    parts = status_line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise HttpParseError("bad_http_header", f"bad status line {status_line[:80]!r}")
+    lowered = head.lower()
+    headers = {}
+    for name, pattern in _HEADER_LINES.items():
+        found = pattern.search(lowered)  # the first of repeated headers, as before
+        if found:
+            headers[name] = head[found.start(1):found.end(1)].decode("iso-8859-1").strip()
     return HttpResponse(int(parts[1]), headers, block[end + separator:])
 
 

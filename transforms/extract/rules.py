@@ -4,6 +4,7 @@ Each rule is a small function so it can be tested alone; `candidate` applies the
 says which rule dropped a tag, so every drop is counted by reason.
 """
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -53,6 +54,55 @@ def choose_src(attributes: dict[str, str], rules: ExtractionRules) -> tuple[str 
     return (src or None), False
 
 
+def _split_http_url(url: str) -> tuple[str, str, str] | None:
+    """(scheme, host, path) of an absolute http(s) URL without urllib's general machinery, or
+    None when it needs the careful parser (IPv6 literals, other schemes, odd forms)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return None
+    authority_end = len(rest)
+    for delimiter in "/?#":
+        at = rest.find(delimiter)
+        if at != -1 and at < authority_end:
+            authority_end = at
+    host = rest[:authority_end].rpartition("@")[2]
+    if host.startswith("[") or "\\" in rest:
+        return None
+    host = host.partition(":")[0]
+    path = rest[authority_end:]
+    for delimiter in "?#":
+        path = path.partition(delimiter)[0]
+    return scheme, host, path
+
+
+@functools.lru_cache(maxsize=64)
+def _base_parts(base_url: str) -> tuple[str, str, str] | None:
+    """(scheme, 'scheme://authority', directory URL ending in '/') of an http(s) base."""
+    scheme, sep, rest = base_url.partition("://")
+    if not sep or scheme not in ("http", "https") or "\\" in base_url:
+        return None
+    rest = rest.partition("#")[0].partition("?")[0]
+    authority, slash, path = rest.partition("/")
+    origin = f"{scheme}://{authority}"
+    return scheme, origin, origin + "/" + path[: path.rfind("/") + 1] if slash else origin + "/"
+
+
+def join_url(base_url: str, src: str) -> str:
+    """urljoin(base_url, src) for the common shapes of image addresses, without urllib's cost;
+    anything unusual (dot segments, queries-only, other schemes) goes to urljoin itself."""
+    parts = _base_parts(base_url)
+    if parts is None or not src or "./" in src or src.startswith(("?", "#", ".")) or src.endswith("/..") or "\\" in src:
+        return urljoin(base_url, src)
+    scheme, origin, directory = parts
+    if src.startswith("//"):
+        return f"{scheme}:{src}"
+    if src.startswith("/"):
+        return origin + src
+    if ":" in src.partition("/")[0]:  # a scheme of its own (or a colon urljoin must judge)
+        return urljoin(base_url, src)
+    return directory + src
+
+
 def resolve_image_url(src: str, base_url: str, rules: ExtractionRules) -> tuple[str | None, str]:
     """(absolute URL, '') or (None, reason): resolved against the base, http(s) only, short host,
     no SVG/GIF unless kept. The fragment is dropped: it never changes the image fetched."""
@@ -61,23 +111,30 @@ def resolve_image_url(src: str, base_url: str, rules: ExtractionRules) -> tuple[
         return None, "data_uri"
     if lowered.startswith("javascript:"):
         return None, "javascript_uri"
-    try:
-        absolute = urljoin(base_url, src)
-        parts = urlsplit(absolute)
-        host = parts.hostname
-    except ValueError:
-        return None, "bad_url"
-    if parts.scheme not in ("http", "https"):
+    if lowered.startswith(("http://", "https://")) and src[:8].islower():
+        absolute = src  # already absolute: urljoin would return it unchanged
+    else:
+        try:
+            absolute = join_url(base_url, src)
+        except ValueError:
+            return None, "bad_url"
+    parts = _split_http_url(absolute)
+    if parts is None:
+        try:
+            split = urlsplit(absolute)
+            parts = (split.scheme, split.hostname or "", split.path)
+        except ValueError:
+            return None, "bad_url"
+    scheme, host, path = parts
+    if scheme not in ("http", "https"):
         return None, "scheme_not_http"
     if not host:
         return None, "bad_url"
     if len(host) > rules.max_host_chars:
         return None, "host_too_long"
-    if not rules.keep_svg_gif and parts.path.lower().endswith((".svg", ".gif", ".svgz")):
+    if not rules.keep_svg_gif and path.lower().endswith((".svg", ".gif", ".svgz")):
         return None, "svg_gif"
-    if parts.fragment:
-        absolute = absolute[: absolute.index("#")]
-    return absolute, ""
+    return absolute.partition("#")[0], ""
 
 
 def candidate(
