@@ -16,7 +16,7 @@ import os
 import sys
 
 from crawl2clip.pipelines.extract import build_extract
-from crawl2clip.pipelines.options import Crawl2ClipOptions
+from crawl2clip.pipelines.options import Crawl2ClipOptions, output_flag_to_output_dir
 from crawl2clip.pipelines.run import PipelineFailed, run_pipeline, with_default_runner
 from crawl2clip.pipelines.sample_crawl import write_sample_crawl
 from crawl2clip.pipelines.templates import (
@@ -50,18 +50,18 @@ def extract(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         _stage_help("extract", "Read web archives and write (image URL, alt text) candidates.")
         return 0
-    options = Crawl2ClipOptions(with_default_runner(argv))
+    options = Crawl2ClipOptions(with_default_runner(output_flag_to_output_dir(argv)))
     stage = options.view_as(Crawl2ClipOptions)
     problems = stage.validate_extract()
     if problems:
         print("crawl2clip extract: " + "; ".join(problems), file=sys.stderr)
         return 2
     try:
-        report = run_pipeline(options, lambda p: build_extract(p, stage), stage.output)
+        report = run_pipeline(options, lambda p: build_extract(p, stage), stage.output_dir)
     except PipelineFailed as exc:
         print(f"crawl2clip extract: {exc}", file=sys.stderr)
         return 1
-    _print_report(report, stage.output)
+    _print_report(report, stage.output_dir)
     return 0
 
 

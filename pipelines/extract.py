@@ -26,6 +26,6 @@ def build_extract(pipeline: beam.Pipeline, options: Crawl2ClipOptions) -> None:
     else:
         pairs = result["pairs"] | "IdentifyLanguage" >> IdentifyLanguage(options.langid_model, options.langid_threshold)
     pairs | "WritePairs" >> beam.io.WriteToParquet(
-        os.path.join(options.output, "pairs", "pairs"), CANDIDATE_SCHEMA, file_name_suffix=".parquet"
+        os.path.join(options.output_dir, "pairs", "pairs"), CANDIDATE_SCHEMA, file_name_suffix=".parquet"
     )
-    result["errors"] | "WriteErrors" >> WriteErrors(options.output)
+    result["errors"] | "WriteErrors" >> WriteErrors(options.output_dir)

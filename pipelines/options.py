@@ -25,6 +25,15 @@ def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
     parser.add_argument(*flags, dest=dest, **kwargs)
 
 
+def output_flag_to_output_dir(argv: list[str]) -> list[str]:
+    """`--output DIR` as `--output-dir DIR`. Users type --output, but Beam must never see it:
+    Beam's option views parse with argparse abbreviations on, so on portable runners
+    (Flink, Spark) `--output` would be taken for `--output_executable_path` and the job server
+    would write its 150 MB jar there instead of running the job."""
+    return ["--output-dir" + arg[len("--output"):] if arg == "--output" or arg.startswith("--output=") else arg
+            for arg in argv]
+
+
 class Crawl2ClipOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -36,7 +45,7 @@ class Crawl2ClipOptions(PipelineOptions):
                   "local or remote); each line is joined to --input-prefix.")
         _add(parser, "input-prefix", default=COMMON_CRAWL_PREFIX,
              help="Prefix for the relative paths of --input-list (s3://commoncrawl/ on AWS).")
-        _add(parser, "output", default=None, metavar="DIR",
+        _add(parser, "output-dir", default=None, metavar="DIR",
              help="Output folder: DIR/pairs/*.parquet, DIR/errors/*.parquet, DIR/metrics.json.")
         _add(parser, "min-alt-chars", type=int, default=_DEFAULT_RULES.min_alt_chars,
              help="Drop alt texts shorter than this after whitespace collapsing (LAION: 5).")
@@ -72,7 +81,7 @@ class Crawl2ClipOptions(PipelineOptions):
         problems = []
         if not self.input and not self.input_list:
             problems.append("give --input PATH_OR_GLOB [...] or --input-list PATHS_FILE")
-        if not self.output:
+        if not self.output_dir:
             problems.append("give --output DIR")
         if self.min_alt_chars < 0:
             problems.append("--min-alt-chars must be >= 0")

@@ -50,7 +50,7 @@ def render(name_or_path: str, variables: dict) -> dict:
 # Flex Template parameter validation: what each option's type accepts.
 _REGEX_BY_TYPE = {int: r"^[0-9]+$", float: r"^[0-9]*\.?[0-9]+$"}
 _BOOLEAN_REGEX = r"^(true|false)$"
-_REQUIRED = {"output"}
+_REQUIRED = {"output_dir"}
 
 
 def flex_template_metadata() -> dict:

@@ -147,3 +147,17 @@ def test_demo_builds_its_own_crawl(tmp_path):
     assert "Hot-air balloons & a morning sky" in texts
     logo = [r for r in rows if r["URL"].endswith("/static/logo.png")]
     assert logo and all(r["occurrences"] > 1 for r in logo)
+
+
+def test_output_flag_never_reaches_beam_as_output():
+    """Beam's option views abbreviate: a raw --output would become --output_executable_path on
+    portable runners (the job server then writes its jar there instead of running the job)."""
+    from apache_beam.options.pipeline_options import PortableOptions
+
+    from crawl2clip.pipelines.options import Crawl2ClipOptions, output_flag_to_output_dir
+
+    assert PortableOptions(["--output", "/x"]).output_executable_path == "/x"  # the trap itself
+    for argv in (["--output", "/x"], ["--output=/x"]):
+        options = Crawl2ClipOptions(output_flag_to_output_dir(argv))
+        assert options.view_as(PortableOptions).output_executable_path is None
+        assert options.view_as(Crawl2ClipOptions).output_dir == "/x"

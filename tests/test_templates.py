@@ -97,7 +97,7 @@ def test_template_config_uses_the_option_names():
     parameters = set()
     for transform in ours.values():
         parameters |= set(inspect.signature(transform.__init__).parameters) - {"self"}
-    assert parameters == option_names() - {"output"}
+    assert parameters == option_names() - {"output_dir"}
 
 
 @pytest.mark.parametrize("template, split", [("laion-en", "en"), ("laion-multi", "multi")])
