@@ -20,8 +20,8 @@
    (c) pairs_from_record over records already in memory; the same with the HTML part done by
        the lexbor HTML5 parser (selectolax) instead of the tokenizer; the HTML part alone
    (c+) iter_archive feeding pairs_from_record: the real per-file work
-   (d) `crawl2clip extract --runner DirectRunner` as a subprocess (and with
-       --direct_running_mode=in_memory, the default), its unique pairs checked against (c)'s;
+   (d) `crawl2clip extract --runner DirectRunner` as a subprocess (without the language stage,
+       like (c), and once with it), its unique pairs checked against (c)'s;
        also a bare import of the CLI and the same command on a one-page WARC (the fixed cost)
 3. Writes bench/results/extract_speed.json and prints a table. MB = 10^6 bytes.
 """
@@ -685,10 +685,14 @@ def main(argv=None) -> int:
     work = args.cache_dir / "pipeline-run"
     work.mkdir(parents=True, exist_ok=True)
     tiny = args.warc_dir / TINY_INPUT
+    # The language stage has its own benchmark (bench/langid_speed.py): (d) is timed without it,
+    # like (c), and once with it for reference.
     variants = {
-        "d_pipeline_tiny_input": (tiny, []),
-        "d_pipeline_direct_runner": (path, []),
-        "d_pipeline_direct_in_memory": (path, ["--direct_running_mode=in_memory"]),
+        "d_pipeline_tiny_input": (tiny, ["--no-langid"]),
+        "d_pipeline_direct_runner": (path, ["--no-langid"]),
+        "d_pipeline_with_language_stage": (path, []),
+        # The same file given 4 times (200 MB of gzip): how the fixed start-up amortizes.
+        "d_pipeline_4x_input": (path, ["--input", str(path), str(path), str(path)]),
     }
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     imports = []
@@ -719,6 +723,11 @@ def main(argv=None) -> int:
         if name == "d_pipeline_tiny_input":
             results[name] = {"seconds": round(run["wall_seconds"], 4), "cpu_seconds": round(run["cpu_seconds"], 4),
                              "input": TINY_INPUT, **extra}
+            continue
+        if name == "d_pipeline_4x_input":
+            extra["inputs"] = 4
+            results[name] = measurement(run["wall_seconds"], run["cpu_seconds"], 4 * compressed, 4 * uncompressed,
+                                        **extra)
             continue
         extra["unique_pairs_match_in_memory"] = uids == unique and run["rows"] == len(unique)
         pipeline_checks[name] = extra["unique_pairs_match_in_memory"]
@@ -752,6 +761,7 @@ def main(argv=None) -> int:
         "c_vs_fastwarc_gunzip": round(best["a_ref_gunzip_fastwarc_gzipreader"][0] / t_c, 3),
         "c_plus_vs_a": round(t_a / t_cp, 3),
         "d_minus_fixed_cost_vs_c_plus": round((t_d - t_fixed) / t_cp, 3),
+        "d_4x_input_vs_4x_c_plus": round(results["d_pipeline_4x_input"]["seconds"] / (4 * t_cp), 3),
         "lexbor_vs_tokenizer_time_c": round(best["c_pairs_from_record_lexbor"][0] / t_c, 3),
     }
     breakdown = {

@@ -7,7 +7,6 @@ import json
 import os
 
 import yaml
-from apache_beam.yaml import yaml_transform
 
 from crawl2clip.pipelines.options import Crawl2ClipOptions
 
@@ -43,6 +42,9 @@ def parse_assignments(assignments: list[str]) -> dict:
 
 def render(name_or_path: str, variables: dict) -> dict:
     """The pipeline spec of a template with its variables filled in (undefined ones are errors)."""
+    # Beam YAML takes half a second to import (js2py, pandas): only template runs pay for it.
+    from apache_beam.yaml import yaml_transform
+
     text = yaml_transform.expand_jinja(template_text(name_or_path), variables)
     return yaml.load(text, Loader=yaml_transform.SafeLineLoader)
 
