@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-import unicodedata
+from collections import Counter
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -42,18 +42,21 @@ _UNSPACED_SCRIPTS = re.compile(
 )
 
 
+_TWO_LETTERS = re.compile(r"[^\W\d_].*?[^\W\d_]", re.DOTALL)
+# Control characters (but tab and newline), replacement characters, private use, surrogates.
+_GARBAGE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd\ue000-\uf8ff\ud800-\udfff]")
+
+
 def language_text(caption) -> tuple[str | None, str]:
     """(the line to give the model, '') or (None, why the caption carries no language)."""
     if not isinstance(caption, str) or not caption.strip():
         return None, "empty"
     if len(caption) > MAX_CAPTION_CHARS:
         return None, "too_long"
-    line = _WHITESPACE.sub(" ", caption).strip()  # fastText reads one line: no newlines
-    letters = sum(1 for ch in line if ch.isalpha())
-    garbage = sum(1 for ch in line if ch == "\ufffd" or unicodedata.category(ch) in ("Cc", "Co", "Cs"))
-    if garbage * 10 > len(line):
+    if len(_GARBAGE.findall(caption)) * 10 > len(caption):
         return None, "garbage"
-    if letters < 2:
+    line = _WHITESPACE.sub(" ", caption).strip()  # fastText reads one line: no newlines
+    if not _TWO_LETTERS.search(line):
         return None, "no_letters"
     if _URL.match(line):
         return None, "url"
@@ -94,12 +97,12 @@ class _PredictLanguage(beam.DoFn):
         )
 
     def process(self, batch: list[dict]):
-        lines, positions = [], []
-        out = []
+        counts: Counter = Counter()  # counted per batch: a counter update per row is measurable
+        out, lines, positions = [], [], []
         for row in batch:
             line, reason = language_text(row.get(TEXT))
             if line is None:
-                counter(STAGE, f"nolang_{reason}").inc()
+                counts[f"nolang_{reason}"] += 1
                 out.append({**row, LANGUAGE: None, LANGUAGE_SCORE: None, SPLIT: "nolang"})
             else:
                 positions.append(len(out))
@@ -108,12 +111,14 @@ class _PredictLanguage(beam.DoFn):
         for position, (language, score) in zip(positions, self._model.predict(lines)):
             split = split_of(language, score, self.threshold)
             if split == "nolang":
-                counter(STAGE, "nolang_below_threshold").inc()
+                counts["nolang_below_threshold"] += 1
             out[position] = {**out[position], LANGUAGE: language, LANGUAGE_SCORE: score, SPLIT: split}
-        counter(STAGE, "predicted").inc(len(lines))
+        counts["predicted"] += len(lines)
         for row in out:
-            counter(STAGE, f"split_{row[SPLIT]}").inc()
-            yield row
+            counts[row[SPLIT]] += 1
+        for name, n in counts.items():
+            counter(STAGE, f"split_{name}" if name in ("en", "multi", "nolang") else name).inc(n)
+        return out
 
 
 class IdentifyLanguage(beam.PTransform):
