@@ -1,7 +1,7 @@
 """Flink scaling: the same extract job at parallelism 1 and 2 (one TaskManager with 2 slots, and
 2 TaskManagers with 1 slot each), and the fixed start-up cost of a job.
 
-Input: 8 files of a ~12 MB realistic WARC (bench/extract_speed.py builds it), so work can spread
+Input: 8 links to the ~50 MB realistic WARC (bench/extract_speed.py builds it), so work can spread
 over file-level parallelism. Each configuration starts its own local cluster with
 deploy/cluster.sh, runs `crawl2clip extract` (EXTERNAL worker pool) and stops the cluster.
 A job on one tiny WARC gives the fixed cost (job submission, staging, worker start-up).
@@ -45,7 +45,7 @@ def timed_extract(inputs: list[str], output: str, flink_args: list[str], paralle
 
 
 def main() -> None:
-    corpus, info = build_corpus(DEFAULT_WARC_DIR, REPO / ".cache" / "bench", size_mb=12)
+    corpus, info = build_corpus(DEFAULT_WARC_DIR, REPO / ".cache" / "bench", size_mb=50)
     work = Path(tempfile.mkdtemp(prefix="cluster-scaling-"))
     inputs = []
     for i in range(FILES):
