@@ -40,7 +40,7 @@ setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
     include_package_data=True,
-    package_data={"crawl2clip.templates": ["*.yaml", "flex/*.json"]},
+    package_data={"crawl2clip.templates": ["*.yaml", "*.json"]},
     install_requires=[
         # Beam 2.62.0 exactly: the Flink/Spark runner jars this project builds its job servers
         # from resolve only at 2.62.0, and the Python SDK must match the runner.

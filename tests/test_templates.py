@@ -119,9 +119,9 @@ def test_template_mistakes_fail_fast(tmp_path, capsys):
 
 
 def test_flex_template_metadata_is_current_and_complete():
-    with open(os.path.join(REPO, "deploy", "templates", "flex", "metadata.json")) as f:
+    with open(os.path.join(REPO, "deploy", "templates", "flex-template-metadata.json")) as f:
         committed = f.read()
-    assert committed == flex_template_metadata_json(), "run: crawl2clip flex-metadata --output deploy/templates/flex/metadata.json"
+    assert committed == flex_template_metadata_json(), "run: crawl2clip flex-metadata --output deploy/templates/flex-template-metadata.json"
     metadata = json.loads(committed)
     assert {p["name"] for p in metadata["parameters"]} == option_names()
     defaults = {a.dest: a.default for a in option_parser()._actions}
