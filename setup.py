@@ -57,7 +57,7 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "test": ["pytest>=8", "selectolax>=1.0", "requests>=2.31"],
+        "test": ["pytest>=8", "selectolax>=1.0", "requests>=2.31", "webdataset>=1.0"],
         "aws": ["apache-beam[aws]==2.62.0"],
         "gcp": ["apache-beam[gcp]==2.62.0"],
     },

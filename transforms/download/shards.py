@@ -1,0 +1,408 @@
+"""img2dataset's output layout: numbered shards of `.tar` + `.parquet` + `_stats.json`, resumable.
+
+For shard `s` (written `{s:05d}`, more digits past 99999) the output folder holds
+
+    00012.tar         per successful sample: KEY.jpg (or .webp), KEY.txt (the caption), KEY.json
+    00012.parquet     EVERY input row of the shard, successes and failures, all input columns
+                      plus key, status, error_message, width, height, original_width,
+                      original_height, sha256 (the last five null for failures)
+    00012_stats.json  counts by status, bytes, seconds
+
+where KEY = `{shard_id:05d}{index:04d}` and index is the row's position in its shard (failures
+use up an index too, as in img2dataset), so `000120007` is shard 12's eighth input row.
+
+Completion protocol (what resume relies on):
+  * everything is first written under temporary names `NAME.<random token>.tmp`;
+  * on `close()` the tar is renamed into place, then the parquet, then the stats file LAST
+    (each with `os.replace`, atomic on a local file system, after an fsync);
+  * a shard is FINISHED only when its `_stats.json` exists. A crash mid-shard leaves `.tmp` files
+    (or, between renames, a final tar/parquet without stats); `finished_shards` ignores such a
+    shard, the next writer for it deletes the shard's `.tmp` files and redoes it, and its renames
+    replace any stale tar/parquet. Stale finals are replaced rather than deleted up front so that
+    two attempts of the same shard running at once (a retried or speculative worker) can only
+    write the same bytes over each other, never leave a stats file beside a deleted tar.
+
+Determinism: given the same rows in the same order and the same image bytes, a rerun writes a
+byte-identical tar (fixed mtime/owner/mode in every member header, JSON with a fixed key order)
+and an equal parquet table. Only the stats' timings differ.
+
+Only the standard library (`tarfile`, `json`, `os`) and pyarrow are used; paths are local.
+"""
+
+import io
+import json
+import os
+import re
+import secrets
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from crawl2clip.transforms.download.images import OUTPUT_FORMATS, ProcessedImage
+from crawl2clip.transforms.schema import TEXT, URL
+
+SUCCESS = "success"
+
+KEY = "key"
+STATUS = "status"
+ERROR_MESSAGE = "error_message"
+WIDTH = "width"
+HEIGHT = "height"
+ORIGINAL_WIDTH = "original_width"
+ORIGINAL_HEIGHT = "original_height"
+SHA256 = "sha256"
+
+# Columns the writer adds to every parquet row, in this order. An input column of the same name
+# is dropped (the writer's value wins), and `retryable_rows` strips them to give input rows back.
+OUTPUT_FIELDS = (
+    pa.field(KEY, pa.string(), nullable=False),
+    pa.field(STATUS, pa.string(), nullable=False),
+    pa.field(ERROR_MESSAGE, pa.string()),
+    pa.field(WIDTH, pa.int64()),
+    pa.field(HEIGHT, pa.int64()),
+    pa.field(ORIGINAL_WIDTH, pa.int64()),
+    pa.field(ORIGINAL_HEIGHT, pa.int64()),
+    pa.field(SHA256, pa.string()),
+)
+OUTPUT_COLUMNS = tuple(field.name for field in OUTPUT_FIELDS)
+
+_TAR_MTIME = 0  # fixed, so reruns are byte-identical
+_TAR_MODE = 0o444
+_TAR_OWNER = "bigdata"  # what webdataset's TarWriter (and so img2dataset) puts there
+_STATS_RE = re.compile(r"^(\d+)_stats\.json$")
+_TMP_SUFFIX = ".tmp"
+
+
+# ---------------------------------------------------------------- shard planning
+
+
+def plan_shards(input_rows_count: int, shard_size: int) -> list[tuple[int, int, int]]:
+    """[(shard_id, start, end)] cutting rows [0, input_rows_count) into runs of shard_size.
+
+    Shard `i` holds input rows [i * shard_size, min((i + 1) * shard_size, count)), so the plan
+    depends only on the count and the size: a rerun over the same input makes the same shards.
+    """
+    if shard_size < 1:
+        raise ValueError("shard_size must be at least 1")
+    if input_rows_count < 0:
+        raise ValueError("input_rows_count must not be negative")
+    return [
+        (shard_id, start, min(start + shard_size, input_rows_count))
+        for shard_id, start in enumerate(range(0, input_rows_count, shard_size))
+    ]
+
+
+def shard_of(row_index: int, shard_size: int) -> tuple[int, int]:
+    """(shard_id, index within the shard) of the input row at position row_index."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be at least 1")
+    return divmod(row_index, shard_size)
+
+
+def shard_rows(rows: Sequence, shard_size: int) -> list[tuple[int, list]]:
+    """[(shard_id, rows of that shard)] for rows in their given order, following plan_shards."""
+    return [(shard_id, list(rows[start:end])) for shard_id, start, end in plan_shards(len(rows), shard_size)]
+
+
+def shard_key(shard_id: int, index: int) -> str:
+    """img2dataset's sample key: 5-digit shard id then 4-digit index within the shard."""
+    return f"{shard_id:05d}{index:04d}"
+
+
+def shard_name(shard_id: int) -> str:
+    return f"{shard_id:05d}"
+
+
+# ---------------------------------------------------------------- resume
+
+
+def finished_shards(output_dir: str) -> set[int]:
+    """Ids of the shards whose `_stats.json` exists, the only mark of a finished shard."""
+    if not os.path.isdir(output_dir):
+        return set()
+    return {int(m.group(1)) for name in os.listdir(output_dir) if (m := _STATS_RE.match(name))}
+
+
+def remove_temporary_files(output_dir: str, shard_id: int | None = None) -> list[str]:
+    """Deletes the `.tmp` files crashed writers left (of one shard, or all); returns their paths."""
+    if not os.path.isdir(output_dir):
+        return []
+    prefix = f"{shard_name(shard_id)}." if shard_id is not None else ""
+    prefix_stats = f"{shard_name(shard_id)}_stats." if shard_id is not None else ""
+    removed = []
+    for name in sorted(os.listdir(output_dir)):
+        if not name.endswith(_TMP_SUFFIX):
+            continue
+        if shard_id is not None and not (name.startswith(prefix) or name.startswith(prefix_stats)):
+            continue
+        path = os.path.join(output_dir, name)
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
+
+
+def retryable_rows(output_dir: str, retryable_statuses: Iterable[str]) -> list[dict[str, Any]]:
+    """The input rows (writer's columns stripped) of every finished shard's parquet whose status is
+    in retryable_statuses, in shard then key order: the input of `--retry-failed DIR`.
+
+    Unfinished shards are skipped: their parquet, if any, may be stale, and a resumed run redoes
+    them anyway.
+    """
+    wanted = set(retryable_statuses)
+    rows: list[dict[str, Any]] = []
+    for shard_id in sorted(finished_shards(output_dir)):
+        table = pq.read_table(os.path.join(output_dir, f"{shard_name(shard_id)}.parquet"))
+        input_columns = [name for name in table.column_names if name not in OUTPUT_COLUMNS]
+        for record in table.to_pylist():
+            if record[STATUS] in wanted:
+                rows.append({name: record[name] for name in input_columns})
+    return rows
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _as_dict(row: Any) -> dict[str, Any]:
+    if isinstance(row, Mapping):
+        return dict(row)
+    if hasattr(row, "_asdict"):  # NamedTuple rows (schema.CandidateRow)
+        return dict(row._asdict())
+    raise TypeError(f"a row must be a mapping or a NamedTuple, not {type(row).__name__}")
+
+
+def _fsync_close(file) -> None:
+    file.flush()
+    os.fsync(file.fileno())
+    file.close()
+
+
+class ShardWriter:
+    """Writes one shard; add rows in input order with `write`, then `close` (or use `with`).
+
+        with ShardWriter(out, shard_id, input_schema=schema) as writer:
+            for row in rows:
+                try:
+                    writer.write(row, process_image(download(row[URL]), spec))
+                except ImageRejected as error:
+                    writer.write(row, status=error.reason, error_message=error.detail)
+
+    Creating a writer deletes the shard's leftover `.tmp` files. A finished shard (stats present)
+    raises FileExistsError unless overwrite=True, which first deletes its stats (so it reads as
+    unfinished until this writer closes). Leaving the `with` block on an exception aborts: the
+    temporary files are deleted and nothing final is touched.
+
+    input_schema: Arrow schema of the input columns, so every shard's parquet has the same types
+    (inferred from the shard's rows when None: an all-null column then comes out as type null).
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        shard_id: int,
+        output_format: str = "jpg",
+        *,
+        input_schema: pa.Schema | None = None,
+        overwrite: bool = False,
+        fsync: bool = True,
+    ):
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {tuple(OUTPUT_FORMATS)}, not {output_format!r}")
+        if shard_id < 0:
+            raise ValueError("shard_id must not be negative")
+        self.output_dir = output_dir
+        self.shard_id = shard_id
+        self.output_format = output_format
+        self.input_schema = input_schema
+        self._fsync = fsync
+        os.makedirs(output_dir, exist_ok=True)
+
+        name = shard_name(shard_id)
+        self.tar_path = os.path.join(output_dir, f"{name}.tar")
+        self.parquet_path = os.path.join(output_dir, f"{name}.parquet")
+        self.stats_path = os.path.join(output_dir, f"{name}_stats.json")
+        if os.path.exists(self.stats_path):
+            if not overwrite:
+                raise FileExistsError(f"shard {name} is already finished: {self.stats_path}")
+            os.remove(self.stats_path)
+        remove_temporary_files(output_dir, shard_id)
+
+        token = secrets.token_hex(6)
+        self._tar_tmp = f"{self.tar_path}.{token}{_TMP_SUFFIX}"
+        self._parquet_tmp = f"{self.parquet_path}.{token}{_TMP_SUFFIX}"
+        self._stats_tmp = f"{self.stats_path}.{token}{_TMP_SUFFIX}"
+
+        self._tar_file = open(self._tar_tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._tar_file, mode="w", format=tarfile.PAX_FORMAT)
+        self._records: list[dict[str, Any]] = []
+        self._status_counts: Counter = Counter()
+        self._image_bytes = 0
+        self._start = time.time()
+        self._start_monotonic = time.monotonic()
+        self._closed = False
+
+    # -- context manager
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- writing
+
+    @property
+    def count(self) -> int:
+        return len(self._records)
+
+    def write(
+        self,
+        row: Any,
+        image: ProcessedImage | None = None,
+        *,
+        status: str = SUCCESS,
+        error_message: str | None = None,
+    ) -> str:
+        """Records the next input row of the shard; returns its key.
+
+        A success needs the processed image (its bytes go to the tar with the caption and JSON);
+        any other status is an error category, written to the parquet only.
+        """
+        if self._closed:
+            raise ValueError("the shard writer is closed")
+        if status == SUCCESS and image is None:
+            raise ValueError("a successful row needs its ProcessedImage")
+        if status != SUCCESS and image is not None:
+            raise ValueError(f"a row with status {status!r} cannot carry an image")
+        columns = {name: value for name, value in _as_dict(row).items() if name not in OUTPUT_COLUMNS}
+        key = shard_key(self.shard_id, len(self._records))
+        record = {
+            **columns,
+            KEY: key,
+            STATUS: status,
+            ERROR_MESSAGE: error_message,
+            WIDTH: image.width if image else None,
+            HEIGHT: image.height if image else None,
+            ORIGINAL_WIDTH: image.original_width if image else None,
+            ORIGINAL_HEIGHT: image.original_height if image else None,
+            SHA256: image.sha256 if image else None,
+        }
+        if image is not None:
+            caption = columns.get(TEXT)
+            sample_json = {**record, "url": columns.get(URL)}
+            self._add_member(f"{key}.{self.output_format}", image.data)
+            self._add_member(f"{key}.txt", ("" if caption is None else str(caption)).encode("utf-8"))
+            self._add_member(
+                f"{key}.json", json.dumps(sample_json, ensure_ascii=False, default=str).encode("utf-8")
+            )
+            self._image_bytes += len(image.data)
+        self._records.append(record)
+        self._status_counts[status] += 1
+        return key
+
+    def _add_member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = _TAR_MTIME
+        info.mode = _TAR_MODE
+        info.uname = info.gname = _TAR_OWNER
+        self._tar.addfile(info, io.BytesIO(data))
+
+    # -- finishing
+
+    def table(self) -> pa.Table:
+        """The shard's parquet table: input columns then OUTPUT_COLUMNS, one row per input row."""
+        if self.input_schema is not None:
+            input_fields = [f for f in self.input_schema if f.name not in OUTPUT_COLUMNS]
+        else:
+            names: dict[str, None] = {}  # first-seen order
+            for record in self._records:
+                names.update((name, None) for name in record if name not in OUTPUT_COLUMNS)
+            rows = [{name: record.get(name) for name in names} for record in self._records]
+            input_fields = list(pa.Table.from_pylist(rows).schema) if names else []
+        schema = pa.schema(input_fields + list(OUTPUT_FIELDS))
+        return pa.Table.from_pylist(
+            [{field.name: record.get(field.name) for field in schema} for record in self._records],
+            schema=schema,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        counts = dict(sorted(self._status_counts.items()))
+        successes = counts.get(SUCCESS, 0)
+        return {
+            "shard_id": self.shard_id,
+            "count": self.count,
+            "successes": successes,
+            "failures": self.count - successes,
+            "status_counts": counts,
+            "image_bytes": self._image_bytes,
+            "tar_bytes": os.path.getsize(self.tar_path) if os.path.exists(self.tar_path) else None,
+            "start_time": self._start,
+            "end_time": time.time(),
+            "seconds": time.monotonic() - self._start_monotonic,
+        }
+
+    def close(self) -> dict[str, Any]:
+        """Finishes the shard: tar, then parquet, then stats renamed into place; returns the stats."""
+        if self._closed:
+            raise ValueError("the shard writer is closed")
+        self._closed = True
+        try:
+            self._tar.close()
+            self._finish_file(self._tar_file)
+            pq.write_table(self.table(), self._parquet_tmp)
+            if self._fsync:
+                with open(self._parquet_tmp, "rb") as parquet:
+                    os.fsync(parquet.fileno())
+            os.replace(self._tar_tmp, self.tar_path)
+            os.replace(self._parquet_tmp, self.parquet_path)
+            stats = self.stats()
+            with open(self._stats_tmp, "w", encoding="utf-8") as stats_file:
+                json.dump(stats, stats_file, indent=2)
+                stats_file.write("\n")
+                if self._fsync:
+                    stats_file.flush()
+                    os.fsync(stats_file.fileno())
+            os.replace(self._stats_tmp, self.stats_path)  # LAST: from now on the shard is finished
+        except BaseException:
+            self._remove_temporary()
+            raise
+        return stats
+
+    def abort(self) -> None:
+        """Gives the shard up: closes and deletes the temporary files, touches nothing final."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._tar.close()
+        except Exception:
+            pass
+        self._tar_file.close()
+        self._remove_temporary()
+
+    def _finish_file(self, file) -> None:
+        if self._fsync:
+            _fsync_close(file)
+        else:
+            file.close()
+
+    def _remove_temporary(self) -> None:
+        if not self._tar_file.closed:
+            self._tar_file.close()
+        for path in (self._tar_tmp, self._parquet_tmp, self._stats_tmp):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+
