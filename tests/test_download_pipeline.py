@@ -146,3 +146,26 @@ def test_killed_run_resumes_to_the_same_output(tmp_path):
         assert open(tar, "rb").read() == open(os.path.join(resumed, os.path.basename(tar)), "rb").read()
     assert statuses(whole) == statuses(resumed)
     assert {r["status"] for r in statuses(resumed)} == {"success"} and len(statuses(resumed)) == 60
+
+
+def test_retry_failed_downloads_only_the_retryable_failures(tmp_path):
+    from tests.hostile_server import Reply, scripted_server
+
+    photo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                         "photos", "208_495.jpg")
+    if not os.path.exists(photo):
+        pytest.skip("no shared photos")
+    jpeg = Reply(body=open(photo, "rb").read(), headers={"Content-Type": "image/jpeg"})
+    routes = {"/ok.jpg": jpeg, "/flaky.jpg": [Reply(503), jpeg], "/gone.jpg": Reply(404)}
+    with scripted_server(routes) as server:
+        rows = [{"URL": server.url + path, "TEXT": f"caption for {path}"} for path in routes]
+        pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "in.parquet"))
+        first, second = str(tmp_path / "first"), str(tmp_path / "second")
+        common = ["--allow-private-networks", "--download-retries", "0"]
+        assert main(["download", "--input", str(tmp_path / "in.parquet"), "--output", first, *common]) == 0
+        assert {r["URL"].rsplit("/", 1)[1]: r["status"] for r in statuses(first)} == {
+            "ok.jpg": "success", "flaky.jpg": "http_503", "gone.jpg": "http_404"}
+        assert main(["download", "--retry-failed", first, "--output", second, *common]) == 0
+        assert server.paths().count("/gone.jpg") == 1 and server.paths().count("/ok.jpg") == 1
+    (retried,) = statuses(second)
+    assert retried["URL"].endswith("/flaky.jpg") and retried["status"] == "success"
