@@ -21,11 +21,8 @@ from crawl2clip.transforms.download.shards import (
     OUTPUT_COLUMNS,
     ShardWriter,
     finished_shards,
-    plan_shards,
     retryable_rows,
     shard_key,
-    shard_of,
-    shard_rows,
 )
 from crawl2clip.transforms.schema import CANDIDATE_SCHEMA, TEXT, URL, CandidateRow
 
@@ -104,16 +101,7 @@ def _read_tar(path, ext="jpg"):
 # ---------------------------------------------------------------- planning
 
 
-def test_plan_shards_cuts_rows_into_fixed_runs():
-    assert plan_shards(10, 4) == [(0, 0, 4), (1, 4, 8), (2, 8, 10)]
-    assert plan_shards(8, 4) == [(0, 0, 4), (1, 4, 8)]
-    assert plan_shards(0, 4) == []
-    assert plan_shards(3, 1) == [(0, 0, 1), (1, 1, 2), (2, 2, 3)]
-    with pytest.raises(ValueError):
-        plan_shards(3, 0)
-    assert shard_of(9, 4) == (2, 1)
-    assert shard_rows(list("abcdefg"), 3) == [(0, ["a", "b", "c"]), (1, ["d", "e", "f"]), (2, ["g"])]
-    assert shard_rows(list("abcdefg"), 3) == shard_rows(list("abcdefg"), 3)  # stable
+def test_shard_keys():
     assert shard_key(12, 7) == "000120007"
     assert shard_key(123456, 7) == "1234560007"
 
@@ -190,17 +178,17 @@ def test_webp_output_and_keep_ratio_sizes(tmp_path, photo_bytes):
         assert caption == row[TEXT]
 
 
-def test_many_shards_from_a_plan(tmp_path, samples):
-    for shard_id, part in shard_rows(samples, 4):
-        _write(tmp_path, shard_id, part)
-    n = len(plan_shards(len(samples), 4))
+def test_many_shards(tmp_path, samples):
+    n = (len(samples) + 3) // 4  # shards of 4 rows, in input order
+    for shard_id in range(n):
+        _write(tmp_path, shard_id, samples[4 * shard_id:4 * shard_id + 4])
     assert finished_shards(str(tmp_path)) == set(range(n))
     keys = []
     for shard_id in range(n):
         keys += pq.read_table(tmp_path / f"{shard_id:05d}.parquet").column("key").to_pylist()
-    assert keys == [shard_key(*shard_of(i, 4)) for i in range(len(samples))]
+    assert keys == [shard_key(*divmod(i, 4)) for i in range(len(samples))]
     tar_keys = [k for shard_id in range(n) for k, *_ in _read_tar(tmp_path / f"{shard_id:05d}.tar")]
-    assert tar_keys == [shard_key(*shard_of(i, 4)) for i, s in enumerate(samples) if s[2] == "success"]
+    assert tar_keys == [shard_key(*divmod(i, 4)) for i, s in enumerate(samples) if s[2] == "success"]
 
 
 def test_namedtuple_rows_with_a_fixed_schema(tmp_path, samples):
@@ -312,8 +300,8 @@ def test_finished_shards_of_a_missing_folder(tmp_path):
 
 
 def test_retryable_rows_are_exactly_the_retryable_failures(tmp_path, samples):
-    for shard_id, part in shard_rows(samples, 4):
-        _write(tmp_path, shard_id, part)
+    for shard_id in range((len(samples) + 3) // 4):
+        _write(tmp_path, shard_id, samples[4 * shard_id:4 * shard_id + 4])
     # an unfinished shard (no stats) is not read
     unfinished = ShardWriter(str(tmp_path), 99)
     unfinished.write(_row(99, "x.jpg"), status="timeout", error_message="late")

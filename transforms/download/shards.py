@@ -37,7 +37,7 @@ import secrets
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -79,34 +79,6 @@ _TMP_SUFFIX = ".tmp"
 
 
 # ---------------------------------------------------------------- shard planning
-
-
-def plan_shards(input_rows_count: int, shard_size: int) -> list[tuple[int, int, int]]:
-    """[(shard_id, start, end)] cutting rows [0, input_rows_count) into runs of shard_size.
-
-    Shard `i` holds input rows [i * shard_size, min((i + 1) * shard_size, count)), so the plan
-    depends only on the count and the size: a rerun over the same input makes the same shards.
-    """
-    if shard_size < 1:
-        raise ValueError("shard_size must be at least 1")
-    if input_rows_count < 0:
-        raise ValueError("input_rows_count must not be negative")
-    return [
-        (shard_id, start, min(start + shard_size, input_rows_count))
-        for shard_id, start in enumerate(range(0, input_rows_count, shard_size))
-    ]
-
-
-def shard_of(row_index: int, shard_size: int) -> tuple[int, int]:
-    """(shard_id, index within the shard) of the input row at position row_index."""
-    if shard_size < 1:
-        raise ValueError("shard_size must be at least 1")
-    return divmod(row_index, shard_size)
-
-
-def shard_rows(rows: Sequence, shard_size: int) -> list[tuple[int, list]]:
-    """[(shard_id, rows of that shard)] for rows in their given order, following plan_shards."""
-    return [(shard_id, list(rows[start:end])) for shard_id, start, end in plan_shards(len(rows), shard_size)]
 
 
 def shard_key(shard_id: int, index: int) -> str:
