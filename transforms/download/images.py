@@ -121,8 +121,9 @@ def target_size(width: int, height: int, spec: ResizeSpec) -> tuple[int, int] | 
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _resize(image: Image.Image, spec: ResizeSpec) -> Image.Image:
-    size = target_size(image.width, image.height, spec)
+def _resize(image: Image.Image, spec: ResizeSpec, size: tuple[int, int] | None) -> Image.Image:
+    """To `size` (target_size of the ORIGINAL dimensions: a JPEG may arrive decoded at a
+    reduced scale, and sizes must not depend on that), then crop or pad as the mode says."""
     if size is None:
         return image
     if size != image.size:
@@ -179,11 +180,18 @@ def process_image(data: bytes, spec: ResizeSpec) -> ProcessedImage:
         if min(width, height) < spec.min_image_size:
             raise ImageRejected("too_small", f"{width}x{height}")
         try:
+            swapped = _exif_orientation(image) in _TRANSPOSING_ORIENTATIONS
+            original_width, original_height = (height, width) if swapped else (width, height)
+            size = target_size(original_width, original_height, spec)
+            if size is not None and source_format == "jpeg":
+                # JPEG decodes at 1/2, 1/4 or 1/8 scale almost for free: ask for no less than the
+                # target, in the file's own (unrotated) orientation. Most of the CPU of a
+                # download is this decode.
+                image.draft(None, (size[1], size[0]) if swapped else size)
             image.load()  # first frame of animations
             image = _oriented(image)
             image = _to_rgb(image)
-            original_width, original_height = image.size
-            image = _resize(image, spec)
+            image = _resize(image, spec, size)
             encoded = _encode(image, spec)
         except Image.DecompressionBombError as error:
             raise ImageRejected("decompression_bomb", str(error)) from None
@@ -198,6 +206,16 @@ def process_image(data: bytes, spec: ResizeSpec) -> ProcessedImage:
         sha256=hashlib.sha256(data).hexdigest(),
         source_format=source_format,
     )
+
+
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block: treated as no orientation, like _oriented
+        return 1
 
 
 def _oriented(image: Image.Image) -> Image.Image:
