@@ -9,12 +9,13 @@ does only the missing shards.
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import pyarrow as pa
 
 from crawl2clip.transforms.download.client import FetchOptions, Fetcher
-from crawl2clip.transforms.download.images import ImageRejected, ResizeSpec, process_image
+from crawl2clip.transforms.download.images import ImageRejected, ProcessedImage, ResizeSpec, process_image
 from crawl2clip.transforms.download.shards import SUCCESS, ShardWriter, shard_name
 from crawl2clip.transforms.errors import counter
 from crawl2clip.transforms.extract.rules import pair_uid
@@ -44,9 +45,20 @@ class _DownloadShard(beam.DoFn):
     def setup(self):
         # One HTTP session, DNS cache and robots.txt cache per worker, reused by every shard.
         self._fetcher = Fetcher(self.fetch)
+        # Pillow releases the GIL while decoding, resizing and encoding: threads use every core.
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
     def teardown(self):
         self._fetcher.close()
+        self._pool.shutdown()
+
+    def _checked_image(self, result) -> tuple[str, str | None, ProcessedImage | None]:
+        if not result.ok:
+            return result.status, result.error_message, None
+        try:
+            return SUCCESS, None, process_image(result.data, self.resize)
+        except ImageRejected as rejected:
+            return rejected.reason, rejected.detail, None
 
     def process(self, shard):  # (shard id, its rows)
         shard_id, rows = shard
@@ -56,13 +68,7 @@ class _DownloadShard(beam.DoFn):
         rows = sorted(rows, key=row_uid)
         fetched = self._fetcher.fetch_batch([str(row.get(URL)) for row in rows])
         with ShardWriter(self.output_dir, shard_id, self.resize.output_format, input_schema=self.input_schema) as writer:
-            for row, result in zip(rows, fetched):
-                status, message, image = result.status, result.error_message, None
-                if result.ok:
-                    try:
-                        image = process_image(result.data, self.resize)
-                    except ImageRejected as rejected:
-                        status, message = rejected.reason, rejected.detail
+            for row, (status, message, image) in zip(rows, self._pool.map(self._checked_image, fetched)):
                 writer.write(row, image, status=status, error_message=message)
                 counter(STAGE, "images" if status == SUCCESS else f"failed_{status}").inc()
         counter(STAGE, "shards").inc()
