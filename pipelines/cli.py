@@ -39,55 +39,54 @@ def _stage_help(command: str, description: str) -> None:
     parser.print_help()
 
 
-def _print_report(report: dict, output: str) -> None:
+def _print_report(report: dict, outputs: dict[str, str]) -> None:
     print(f"\nFinished on {report['runner']} in {report['seconds']:.1f} s. Counters:")
     for name, value in report["counters"].items():
         print(f"  {name:<45} {value:>12,}")
-    print(f"\nCandidate pairs: {os.path.join(output, 'pairs', 'pairs-*.parquet')}")
-    print(f"Errors:          {os.path.join(output, 'errors', 'errors-*.parquet')}")
-    print(f"Metrics:         {os.path.join(output, 'metrics.json')}")
+    print()
+    for label, path in outputs.items():
+        print(f"{label + ':':<17}{path}")
+
+
+def _run_stage(command: str, description: str, argv: list[str], validate, build, outputs) -> int:
+    """The shared life of a stage command: help, options, fail-fast checks, run, report."""
+    if "-h" in argv or "--help" in argv:
+        _stage_help(command, description)
+        return 0
+    options = Crawl2ClipOptions(with_default_runner(output_flag_to_output_dir(argv)))
+    stage = options.view_as(Crawl2ClipOptions)
+    problems = validate(stage)
+    if problems:
+        print(f"crawl2clip {command}: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    try:
+        report = run_pipeline(options, lambda p: build(p, stage), stage.output_dir)
+    except (PipelineFailed, ValueError) as exc:
+        print(f"crawl2clip {command}: {exc}", file=sys.stderr)
+        return 1
+    _print_report(report, outputs(stage.output_dir))
+    return 0
+
+
+def _extract_outputs(out: str) -> dict[str, str]:
+    return {"Candidate pairs": os.path.join(out, "pairs", "pairs-*.parquet"),
+            "Errors": os.path.join(out, "errors", "errors-*.parquet"),
+            "Metrics": os.path.join(out, "metrics.json")}
 
 
 def extract(argv: list[str]) -> int:
-    if "-h" in argv or "--help" in argv:
-        _stage_help("extract", "Read web archives and write (image URL, alt text) candidates.")
-        return 0
-    options = Crawl2ClipOptions(with_default_runner(output_flag_to_output_dir(argv)))
-    stage = options.view_as(Crawl2ClipOptions)
-    problems = stage.validate_extract()
-    if problems:
-        print("crawl2clip extract: " + "; ".join(problems), file=sys.stderr)
-        return 2
-    try:
-        report = run_pipeline(options, lambda p: build_extract(p, stage), stage.output_dir)
-    except PipelineFailed as exc:
-        print(f"crawl2clip extract: {exc}", file=sys.stderr)
-        return 1
-    _print_report(report, stage.output_dir)
-    return 0
+    return _run_stage("extract", "Read web archives and write (image URL, alt text) candidates.", argv,
+                      Crawl2ClipOptions.validate_extract, build_extract, _extract_outputs)
 
 
 def download(argv: list[str]) -> int:
-    if "-h" in argv or "--help" in argv:
-        _stage_help("download", "Download, check and resize the images of candidate pairs into "
-                                "webdataset shards with parquet metadata.")
-        return 0
-    options = Crawl2ClipOptions(with_default_runner(output_flag_to_output_dir(argv)))
-    stage = options.view_as(Crawl2ClipOptions)
-    problems = stage.validate_download()
-    if problems:
-        print("crawl2clip download: " + "; ".join(problems), file=sys.stderr)
-        return 2
-    try:
-        report = run_pipeline(options, lambda p: build_download(p, stage), stage.output_dir)
-    except (PipelineFailed, ValueError) as exc:
-        print(f"crawl2clip download: {exc}", file=sys.stderr)
-        return 1
-    print(f"\nFinished on {report['runner']} in {report['seconds']:.1f} s. Counters:")
-    for name, value in report["counters"].items():
-        print(f"  {name:<45} {value:>12,}")
-    print(f"\nShards: {os.path.join(stage.output_dir, '*.tar')} (+ .parquet, _stats.json)")
-    return 0
+    return _run_stage(
+        "download", "Download, check and resize the images of candidate pairs into webdataset "
+                    "shards with parquet metadata.", argv,
+        Crawl2ClipOptions.validate_download, build_download,
+        lambda out: {"Shards": os.path.join(out, "*.tar") + " (+ .parquet, _stats.json)",
+                     "Metrics": os.path.join(out, "metrics.json")},
+    )
 
 
 def demo(argv: list[str]) -> int:
@@ -137,7 +136,7 @@ def run_template(argv: list[str]) -> int:
     except PipelineFailed as exc:
         print(f"crawl2clip run: {exc}", file=sys.stderr)
         return 1
-    _print_report(report, variables["output"])
+    _print_report(report, _extract_outputs(variables["output"]))
     return 0
 
 
