@@ -93,6 +93,11 @@ def shard_name(shard_id: int) -> str:
 # ---------------------------------------------------------------- resume
 
 
+def stats_path(output_dir: str, shard_id: int) -> str:
+    """The shard's `_stats.json`: written last, so its existence marks the shard finished."""
+    return os.path.join(output_dir, f"{shard_name(shard_id)}_stats.json")
+
+
 def finished_shards(output_dir: str) -> set[int]:
     """Ids of the shards whose `_stats.json` exists, the only mark of a finished shard."""
     if not os.path.isdir(output_dir):
@@ -199,7 +204,7 @@ class ShardWriter:
         name = shard_name(shard_id)
         self.tar_path = os.path.join(output_dir, f"{name}.tar")
         self.parquet_path = os.path.join(output_dir, f"{name}.parquet")
-        self.stats_path = os.path.join(output_dir, f"{name}_stats.json")
+        self.stats_path = stats_path(output_dir, shard_id)
         if os.path.exists(self.stats_path):
             if not overwrite:
                 raise FileExistsError(f"shard {name} is already finished: {self.stats_path}")

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from crawl2clip.transforms.download.client import FetchOptions, Fetcher
 from crawl2clip.transforms.download.images import ImageRejected, ProcessedImage, ResizeSpec, process_image
-from crawl2clip.transforms.download.shards import SUCCESS, ShardWriter, shard_name
+from crawl2clip.transforms.download.shards import SUCCESS, ShardWriter, stats_path
 from crawl2clip.transforms.errors import counter
 from crawl2clip.transforms.extract.rules import pair_uid
 from crawl2clip.transforms.schema import TEXT, UID, URL
@@ -62,7 +62,7 @@ class _DownloadShard(beam.DoFn):
 
     def process(self, shard):  # (shard id, its rows)
         shard_id, rows = shard
-        if os.path.exists(os.path.join(self.output_dir, f"{shard_name(shard_id)}_stats.json")):
+        if os.path.exists(stats_path(self.output_dir, shard_id)):
             counter(STAGE, "shards_already_done").inc()
             return
         rows = sorted(rows, key=row_uid)
