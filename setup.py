@@ -3,7 +3,7 @@
 Also serves as Beam's `--setup_file`: remote workers build and install this package, so every
 stage's code reaches them. The user's folders keep their names on disk and are installed under
 one import root: `pipelines/` -> `crawl2clip.pipelines`, `transforms/` -> `crawl2clip.transforms`,
-`models/` -> `crawl2clip.models`.
+`models/` -> `crawl2clip.models`, `explorer/` (index server and web page) -> `crawl2clip.explorer`.
 """
 
 import os
@@ -11,7 +11,7 @@ import os
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FOLDERS = ("pipelines", "transforms", "models")
+FOLDERS = ("pipelines", "transforms", "models", "explorer")
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:
@@ -40,7 +40,12 @@ setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
     include_package_data=True,
-    package_data={"crawl2clip.templates": ["*.yaml", "*.json"]},
+    package_data={
+        "crawl2clip.templates": ["*.yaml", "*.json"],
+        # the project's tiny CLIP and content heads (models/assets), the explorer's page
+        "crawl2clip.models": ["assets/*"],
+        "crawl2clip.explorer": ["static/*"],
+    },
     install_requires=[
         # Beam 2.62.0 exactly: the Flink/Spark runner jars this project builds its job servers
         # from resolve only at 2.62.0, and the Python SDK must match the runner.
@@ -56,9 +61,21 @@ setup(
         "pyarrow>=14,<17",
         "brotli>=1.1",
         "pyyaml>=6",
+        "numpy>=1.26",
+        # torch from PyPI is the CUDA build on Linux: the same wheel runs on CPU and GPU workers.
+        "torch>=2.2",
+        "open_clip_torch>=2.24,<4",
+        "faiss-cpu>=1.8",
+        "matplotlib>=3.8",
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "python-multipart>=0.0.9",
+        # scikit-learn's joblib 1.6 wants cloudpickle 3, Beam 2.62 pins cloudpickle 2.2.
+        "joblib<1.6",
     ],
     extras_require={
-        "test": ["pytest>=8", "selectolax>=1.0", "requests>=2.31", "webdataset>=1.0"],
+        "test": ["pytest>=8", "selectolax>=1.0", "requests>=2.31", "webdataset>=1.0", "selenium>=4.20",
+                 "scikit-learn>=1.4"],
         "aws": ["apache-beam[aws]==2.62.0"],
         "gcp": ["apache-beam[gcp]==2.62.0"],
     },

@@ -1,0 +1,96 @@
+"""The embeddings layout of clip-retrieval, which the scoring stage writes and prune/index read.
+
+    DIR/img_emb/img_emb_{N}.npy         (rows, dim) float16, L2-normalised image embeddings
+    DIR/text_emb/text_emb_{N}.npy       (rows, dim) float16, L2-normalised caption embeddings
+    DIR/metadata/metadata_{N}.parquet   one row per embedding row, same order (LAION columns)
+
+N is the number of the download shard the rows came from, so numbers may have gaps; parts are
+always taken in increasing N. A part exists only once its metadata file does: writers put the
+arrays in place first and the metadata last (each renamed into place), so readers never see a
+half-written part. autofaiss and clip-retrieval read this layout as it is.
+"""
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+IMG_EMB = "img_emb"
+TEXT_EMB = "text_emb"
+METADATA = "metadata"
+EMBEDDING_DTYPE = np.float16  # clip-retrieval's; halves disk and page cache at no cost to ranking
+
+_METADATA_NAME = re.compile(r"^metadata_(\d+)\.parquet$")
+
+
+@dataclass(frozen=True)
+class Part:
+    number: int
+    img_emb: str
+    text_emb: str
+    metadata: str
+
+
+def part_paths(directory: str, number: int) -> Part:
+    return Part(
+        number=number,
+        img_emb=os.path.join(directory, IMG_EMB, f"img_emb_{number}.npy"),
+        text_emb=os.path.join(directory, TEXT_EMB, f"text_emb_{number}.npy"),
+        metadata=os.path.join(directory, METADATA, f"metadata_{number}.parquet"),
+    )
+
+
+def list_parts(directory: str) -> list[Part]:
+    """The finished parts of DIR, in increasing N."""
+    folder = os.path.join(directory, METADATA)
+    if not os.path.isdir(folder):
+        return []
+    numbers = sorted(int(m.group(1)) for name in os.listdir(folder) if (m := _METADATA_NAME.match(name)))
+    return [part_paths(directory, n) for n in numbers]
+
+
+def _replace_atomically(path: str, write) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def write_part(directory: str, number: int, img_emb: np.ndarray, text_emb: np.ndarray,
+               metadata: pa.Table) -> Part:
+    """Writes one part; the metadata goes last, so the part counts as written only when whole."""
+    if not (len(img_emb) == len(text_emb) == metadata.num_rows):
+        raise ValueError(f"part {number}: {len(img_emb)} image, {len(text_emb)} text embeddings and "
+                         f"{metadata.num_rows} metadata rows must be aligned")
+    part = part_paths(directory, number)
+    for path, array in ((part.img_emb, img_emb), (part.text_emb, text_emb)):
+        _replace_atomically(path, lambda tmp, a=array: _save_npy(tmp, a))
+    _replace_atomically(part.metadata, lambda tmp: pq.write_table(metadata, tmp))
+    return part
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, np.asarray(array, dtype=EMBEDDING_DTYPE))
+
+
+def load_embeddings(path: str) -> np.ndarray:
+    """A part's embeddings, memory-mapped (read-only): pages load as they are used."""
+    return np.load(path, mmap_mode="r")
+
+
+def iter_image_embeddings(directory: str) -> Iterator[tuple[Part, np.ndarray]]:
+    for part in list_parts(directory):
+        yield part, load_embeddings(part.img_emb)
+
+
+def read_metadata(directory: str, columns: list[str] | None = None) -> pa.Table:
+    """All metadata rows of DIR, in embedding order."""
+    tables = [pq.read_table(part.metadata, columns=columns) for part in list_parts(directory)]
+    if not tables:
+        raise FileNotFoundError(f"{directory}: no {METADATA}/metadata_N.parquet (not a scoring output)")
+    return pa.concat_tables(tables, promote_options="default")
