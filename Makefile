@@ -7,12 +7,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clusters
+.PHONY: demo test install clusters browser
 
 demo: $(STAMP)
 	$(BIN)/crawl2clip demo --output output/demo
 
-test: $(STAMP) clusters
+test: $(STAMP) clusters browser
 	$(BIN)/python -m pytest
 
 install: $(STAMP)
@@ -27,3 +27,10 @@ $(STAMP): setup.py constraints.txt
 # Flink and Spark distributions and the Beam job-server jars, cached under .cache/clusters.
 clusters: $(STAMP)
 	deploy/cluster.sh install
+
+# Debian's Chromium and its driver, for the tests of the web pages (explorer, run report).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }

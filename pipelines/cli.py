@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+from crawl2clip.pipelines.config import ConfigError, expand_config_flag
 from crawl2clip.pipelines.download import build_download
 from crawl2clip.pipelines.extract import build_extract
 from crawl2clip.pipelines.options import Crawl2ClipOptions, output_flag_to_output_dir
@@ -175,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return COMMANDS[argv[0]](argv[1:])
+    try:
+        args = expand_config_flag(argv[1:])
+    except ConfigError as exc:
+        print(f"crawl2clip {argv[0]}: {exc}", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from crawl2clip.transforms.errors import ERRORS, count_error, counter, error_rec
 from crawl2clip.transforms.extract.archives import ArchiveError, ArchiveRecord, iter_archive
 from crawl2clip.transforms.extract.pairs import pairs_from_record
 from crawl2clip.transforms.extract.rules import ExtractionRules, pair_uid
+from crawl2clip.transforms.progress import ProgressFile
 from crawl2clip.transforms.schema import OCCURRENCES, OFFSET, PAGE_URL, SOURCE, TEXT, UID, URL
 
 STAGE = "extract"
@@ -47,9 +48,20 @@ class ExpandPatterns(beam.DoFn):
 class ReadArchiveRecords(beam.DoFn):
     """Every record of an archive file; unreadable files and broken records go to ERRORS."""
 
+    def __init__(self, progress_dir: str | None = None):
+        self.progress_dir = progress_dir
+
+    def setup(self):
+        self._progress = ProgressFile(self.progress_dir, STAGE)
+
+    def finish_bundle(self):
+        self._progress.flush()
+
     def process(self, path: str):
         counter(STAGE, "files").inc()
+        records = 0
         for item in iter_archive(path, open_archive):
+            records += 1
             if isinstance(item, ArchiveError):
                 yield beam.pvalue.TaggedOutput(
                     ERRORS, count_error(error_record(STAGE, item.reason, item.source, item.offset, detail=item.detail))
@@ -57,13 +69,21 @@ class ReadArchiveRecords(beam.DoFn):
             else:
                 counter(STAGE, f"records_{item.record_type}").inc()
                 yield item
+        self._progress.add(files=1, records=records)
 
 
 class ExtractPairs(beam.DoFn):
     """Candidate pairs of one record, as rows; records that are not HTML pages are counted."""
 
-    def __init__(self, rules: ExtractionRules):
+    def __init__(self, rules: ExtractionRules, progress_dir: str | None = None):
         self.rules = rules
+        self.progress_dir = progress_dir
+
+    def setup(self):
+        self._progress = ProgressFile(self.progress_dir, STAGE)
+
+    def finish_bundle(self):
+        self._progress.flush()
 
     def process(self, record: ArchiveRecord):
         result = pairs_from_record(record, self.rules)
@@ -83,6 +103,7 @@ class ExtractPairs(beam.DoFn):
         if result.lazy_src:
             counter(STAGE, "lazy_src_used").inc(result.lazy_src)
         counter(STAGE, "candidates").inc(len(result.pairs))
+        self._progress.add(pages=1, candidates=len(result.pairs))
         for url, text, page_url in result.pairs:
             yield {
                 URL: url,
@@ -146,10 +167,12 @@ class DedupPairs(beam.PTransform):
 class ExtractCandidates(beam.PTransform):
     """Web archive paths or globs -> {"pairs": unique candidate rows, "errors": error rows}."""
 
-    def __init__(self, patterns: list[str], rules: ExtractionRules = ExtractionRules()):
+    def __init__(self, patterns: list[str], rules: ExtractionRules = ExtractionRules(),
+                 progress_dir: str | None = None):
         super().__init__()
         self.patterns = list(patterns)
         self.rules = rules
+        self.progress_dir = progress_dir  # where workers keep running totals (transforms/progress.py)
 
     def expand(self, pbegin):
         paths = (
@@ -161,9 +184,9 @@ class ExtractCandidates(beam.PTransform):
             paths.paths
             # One big file list must not stay on the worker that listed it.
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadArchiveRecords" >> beam.ParDo(ReadArchiveRecords()).with_outputs(ERRORS, main="records")
+            | "ReadArchiveRecords" >> beam.ParDo(ReadArchiveRecords(self.progress_dir)).with_outputs(ERRORS, main="records")
         )
-        pairs = records.records | "ExtractPairs" >> beam.ParDo(ExtractPairs(self.rules)).with_outputs(
+        pairs = records.records | "ExtractPairs" >> beam.ParDo(ExtractPairs(self.rules, self.progress_dir)).with_outputs(
             ERRORS, main="pairs"
         )
         unique = pairs.pairs | "DedupPairs" >> DedupPairs()

@@ -1,0 +1,111 @@
+"""A progress line while a job runs on this machine: files, pairs, images/s, ETA where knowable.
+
+It watches what the stages leave on disk — the workers' running totals in `_progress/`
+(transforms/progress.py), the download's finished shards (`NNNNN_stats.json`) and the scoring
+stage's finished parts — so it needs nothing from the runner and works for DirectRunner in
+both modes and for local clusters. On a terminal the line is redrawn in place; otherwise (logs,
+CI) a plain line is printed every `log_every` seconds.
+"""
+
+import glob
+import json
+import math
+import os
+import sys
+import threading
+import time
+from typing import TextIO
+
+from crawl2clip.transforms.progress import read_progress
+
+
+def _eta(done: float, total: float | None, elapsed: float) -> str:
+    if not total or done <= 0 or done >= total:
+        return ""
+    seconds = elapsed / done * (total - done)
+    return f", ETA {int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+class _ShardTotals:
+    """Successes of the finished download shards, reading each stats file once."""
+
+    def __init__(self):
+        self.seen: dict[str, int] = {}
+
+    def update(self, download_dir: str) -> tuple[int, int]:
+        for path in glob.glob(os.path.join(download_dir, "*_stats.json")):
+            if path not in self.seen:
+                try:
+                    with open(path) as f:
+                        self.seen[path] = int(json.load(f).get("successes", 0))
+                except (OSError, ValueError):
+                    continue
+        return len(self.seen), sum(self.seen.values())
+
+
+def describe(stage_dirs: dict[str, str], progress_dir: str, elapsed: float, shard_totals: _ShardTotals,
+             total_files: int | None = None, shard_size: int | None = None) -> str:
+    """One line: what each stage has done so far."""
+    parts = []
+    counts = read_progress(progress_dir)
+    extract = counts.get("extract")
+    if extract:
+        files = f"{extract['files']:,}" + (f"/{total_files:,}" if total_files else "")
+        parts.append(f"extract: {files} files, {extract['candidates']:,} pairs"
+                     + _eta(extract["files"], total_files, elapsed))
+    if "download" in stage_dirs:
+        shards, images = shard_totals.update(stage_dirs["download"])
+        expected = math.ceil(extract["candidates"] / shard_size) if extract and shard_size else None
+        if shards:
+            parts.append(f"download: {shards}" + (f"/{expected}" if expected else "")
+                         + f" shards, {images:,} images ({images / max(elapsed, 1e-9):.0f}/s)")
+    if "score" in stage_dirs:
+        scored = len(glob.glob(os.path.join(stage_dirs["score"], "metadata", "metadata_*.parquet")))
+        if scored:
+            parts.append(f"score: {scored} parts")
+    return f"[{int(elapsed // 60)}m{int(elapsed % 60):02d}s] " + (" | ".join(parts) or "starting")
+
+
+class ProgressDisplay:
+    """Context manager: shows progress on `stream` while the body (the job) runs."""
+
+    def __init__(self, stage_dirs: dict[str, str], progress_dir: str, stream: TextIO = sys.stderr,
+                 interval: float = 1.0, log_every: float = 15.0, total_files: int | None = None,
+                 shard_size: int | None = None):
+        self.stage_dirs = stage_dirs
+        self.progress_dir = progress_dir
+        self.stream = stream
+        self.interval = interval
+        self.log_every = log_every
+        self.total_files = total_files
+        self.shard_size = shard_size
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="progress")
+        self._shards = _ShardTotals()
+        self._interactive = hasattr(stream, "isatty") and stream.isatty()
+
+    def line(self) -> str:
+        return describe(self.stage_dirs, self.progress_dir, time.monotonic() - self._started, self._shards,
+                        self.total_files, self.shard_size)
+
+    def _loop(self) -> None:
+        last_log = time.monotonic()
+        while not self._stop.wait(self.interval):
+            if self._interactive:
+                self.stream.write("\r\033[K" + self.line())
+                self.stream.flush()
+            elif time.monotonic() - last_log >= self.log_every:
+                self.stream.write(self.line() + "\n")
+                self.stream.flush()
+                last_log = time.monotonic()
+
+    def __enter__(self) -> "ProgressDisplay":
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.stream.write(("\r\033[K" if self._interactive else "") + self.line() + "\n")
+        self.stream.flush()
