@@ -1,0 +1,105 @@
+"""Subsets of an index as parquet in the LAION schema: the rows passing filters (a
+high-resolution or low-punsafe subset), or the neighbours of queries.
+
+    crawl2clip subset --index INDEX_DIR --filter 'punsafe<0.1' --filter 'WIDTH>=1024' --output safe-hd.parquet
+    crawl2clip subset --index INDEX_DIR --query 'a red car' --query 'a cat' --k 100 --output cars-cats.parquet
+
+Rows keep every metadata column of the index; query subsets add `query` and `query_similarity`.
+A row found by several queries appears once, for the query it is most similar to.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from crawl2clip.explorer.filters import allowed_rows, parse_filters
+from crawl2clip.explorer.query import QueryEncoder, QueryError, nearest
+from crawl2clip.transforms.index.store import IndexStore
+
+QUERY = "query"
+QUERY_SIMILARITY = "query_similarity"
+MAX_K = 10_000
+
+
+def filtered_rows(allowed: np.ndarray | None, rows: int, limit: int | None = None) -> np.ndarray:
+    ids = np.arange(rows) if allowed is None else np.flatnonzero(allowed)
+    return ids[:limit] if limit is not None else ids
+
+
+def neighbour_rows(store: IndexStore, vectors: np.ndarray, queries: list[str], k: int,
+                   allowed: np.ndarray | None, dedup: bool, modality: str = "image") -> pa.Table:
+    """The k nearest rows of each query, best match per row kept, most similar first."""
+    best: dict[int, tuple[float, str]] = {}
+    for vector, query in zip(vectors, queries):
+        ids, scores = nearest(store, vector, k, modality, allowed, dedup)
+        for row, score in zip(ids.tolist(), scores.tolist()):
+            if row not in best or score > best[row][0]:
+                best[row] = (score, query)
+    order = sorted(best, key=lambda row: -best[row][0])
+    table = store.metadata.take(pa.array(order, pa.int64()))
+    return (table.append_column(QUERY, pa.array([best[r][1] for r in order], pa.string()))
+                 .append_column(QUERY_SIMILARITY, pa.array([best[r][0] for r in order], pa.float32())))
+
+
+def write_subset(table: pa.Table, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    pq.write_table(table, temporary)
+    os.replace(temporary, path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crawl2clip subset", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--index", required=True, metavar="INDEX_DIR", help="a `crawl2clip index` output")
+    parser.add_argument("--query", action="append", default=[], metavar="TEXT", help="a text query (repeatable)")
+    parser.add_argument("--query-file", metavar="FILE", help="text queries, one per line")
+    parser.add_argument("--query-image", action="append", default=[], metavar="IMAGE",
+                        help="an image query: JPEG, PNG or WebP file (repeatable)")
+    parser.add_argument("--k", type=int, default=100, help="neighbours per query (default: %(default)s)")
+    parser.add_argument("--filter", action="append", default=[], metavar="EXPR",
+                        help="e.g. 'punsafe<0.1', 'WIDTH>=1024', 'LANGUAGE=en,de' (repeatable; all must hold)")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many rows (filter subsets)")
+    parser.add_argument("--no-dedup", action="store_true", help="keep near-duplicate neighbours")
+    parser.add_argument("--search", choices=("image", "text"), default="image",
+                        help="search image embeddings (default) or caption embeddings (needs --index-text)")
+    parser.add_argument("--device", default="auto", help="device of the query encoder (default: %(default)s)")
+    parser.add_argument("--output", required=True, metavar="FILE.parquet")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        store = IndexStore(args.index)
+        if not 1 <= args.k <= MAX_K:
+            raise QueryError(f"--k must be between 1 and {MAX_K}")
+        if args.limit is not None and args.limit < 1:
+            raise QueryError("--limit must be >= 1")
+        if args.search not in store.searches:
+            raise QueryError(f"the index has no {args.search} search (built without --index-text)")
+        allowed = allowed_rows(store.metadata, parse_filters(args.filter, store.metadata.schema))
+        texts = list(args.query)
+        if args.query_file:
+            with open(args.query_file, encoding="utf-8") as f:
+                texts += [line.strip() for line in f if line.strip()]
+        if texts or args.query_image:
+            encoder = QueryEncoder(store, args.device)
+            vectors = [encoder.texts(texts)] if texts else []
+            for path in args.query_image:
+                with open(path, "rb") as f:
+                    vectors.append(encoder.image(f.read())[None, :])
+            table = neighbour_rows(store, np.concatenate(vectors), texts + args.query_image, args.k,
+                                   allowed, not args.no_dedup, args.search)
+        else:
+            table = store.metadata.take(pa.array(filtered_rows(allowed, store.rows, args.limit)))
+    except (OSError, ValueError) as exc:  # FilterError, QueryError, bad index, unreadable file
+        print(f"crawl2clip subset: {exc}", file=sys.stderr)
+        return 2
+    write_subset(table, args.output)
+    print(f"{table.num_rows:,} rows -> {args.output}")
+    return 0
