@@ -1,0 +1,75 @@
+"""Reading the download stage's output: one element per finished download shard.
+
+A shard `N` is finished when `NNNNN_stats.json` exists (transforms/download/shards.py); its
+parquet lists every input row with a `status`, and its tar holds `KEY.jpg`/`KEY.webp` for the
+successes. Only successes are scored; a success whose image is missing from the tar is an error.
+"""
+
+import os
+import tarfile
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from crawl2clip.transforms.download.images import OUTPUT_FORMATS
+from crawl2clip.transforms.download.shards import KEY, STATUS, SUCCESS, finished_shards, shard_name
+from crawl2clip.transforms.errors import error_record
+
+STAGE = "score"
+IMAGE_EXTENSIONS = tuple(OUTPUT_FORMATS)  # what the downloader writes: jpg, webp
+
+
+@dataclass
+class ShardPairs:
+    """The scorable pairs of one download shard: `table` (parquet rows, successes whose image was
+    found) aligned with `images` (their encoded bytes). `read_failed` marks a shard that could not
+    be read at all: its errors are written, but no part, so a later run tries it again."""
+    number: int
+    tar_path: str
+    table: pa.Table
+    images: list[bytes]
+    errors: list[dict] = field(default_factory=list)
+    read_failed: bool = False
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def download_shards(download_dir: str) -> list[int]:
+    """The finished shards of a download folder, in increasing number."""
+    return sorted(finished_shards(download_dir))
+
+
+def _tar_images(tar_path: str, wanted: set[str]) -> dict[str, bytes]:
+    images = {}
+    with tarfile.open(tar_path, "r:") as tar:
+        for member in tar:
+            key, _, extension = member.name.rpartition(".")
+            if member.isfile() and extension in IMAGE_EXTENSIONS and key in wanted:
+                images[key] = tar.extractfile(member).read()
+    return images
+
+
+def read_shard(download_dir: str, number: int) -> ShardPairs:
+    """Reads shard `number`: its successful rows and their image bytes, in key order."""
+    name = shard_name(number)
+    tar_path = os.path.abspath(os.path.join(download_dir, f"{name}.tar"))
+    parquet_path = os.path.join(download_dir, f"{name}.parquet")
+    try:
+        table = pq.read_table(parquet_path)
+        table = table.filter(pc.equal(table[STATUS], SUCCESS)).sort_by(KEY)
+        keys = table[KEY].to_pylist()
+        found = _tar_images(tar_path, set(keys))
+    except (OSError, tarfile.TarError, pa.ArrowException, KeyError) as exc:
+        record = error_record(STAGE, "unreadable_shard", source=tar_path, offset=number,
+                              detail=f"{type(exc).__name__}: {exc}")
+        return ShardPairs(number, tar_path, pa.table({}), [], [record], read_failed=True)
+    present = [key in found for key in keys]
+    urls = table["URL"].to_pylist() if "URL" in table.column_names else [""] * len(keys)
+    errors = [error_record(STAGE, "missing_image", source=tar_path, offset=number, url=url or "",
+                           detail=f"{key}: a success in the parquet without an image in the tar")
+              for key, url, ok in zip(keys, urls, present) if not ok]
+    table = table.filter(pa.array(present, pa.bool_())) if errors else table
+    return ShardPairs(number, tar_path, table, [found[key] for key in keys if key in found], errors)

@@ -1,0 +1,112 @@
+"""Writing one scored shard: its part in clip-retrieval's layout (kept pairs), its dropped pairs,
+its errors. The part is written last (transforms/embeddings.write_part puts the metadata file
+last), so a shard counts as done exactly when `metadata/metadata_N.parquet` exists: a rerun into
+the same folder skips it."""
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from crawl2clip.transforms.download.shards import KEY, ORIGINAL_HEIGHT, ORIGINAL_WIDTH, OUTPUT_COLUMNS, SHA256
+from crawl2clip.transforms.embeddings import part_paths, write_part
+from crawl2clip.transforms.errors import counter
+from crawl2clip.transforms.extract.rules import pair_uid
+from crawl2clip.transforms.schema import ERROR_SCHEMA, LANGUAGE, SPLIT, TEXT, UID, URL
+from crawl2clip.transforms.score.scoring import ScoredShard
+from crawl2clip.transforms.score.settings import TAG_COLUMNS, TOXIC_COLUMN, UNSAFE, WATERMARK
+from crawl2clip.transforms.score.shards import STAGE
+
+SHARD = "shard"  # absolute path of the download tar holding the image
+WIDTH = "WIDTH"  # LAION's: the original image's size
+HEIGHT = "HEIGHT"
+SIMILARITY = "similarity"
+HASH = "hash"
+DROP_REASON = "drop_reason"
+DROPPED = "dropped"
+ERRORS_DIR = "errors"
+
+# The LAION columns and ours, first and in this order; the input's other columns follow.
+METADATA_FIELDS = (
+    pa.field(KEY, pa.string()),
+    pa.field(SHARD, pa.string()),
+    pa.field(URL, pa.string()),
+    pa.field(TEXT, pa.string()),
+    pa.field(WIDTH, pa.int64()),
+    pa.field(HEIGHT, pa.int64()),
+    pa.field(LANGUAGE, pa.string()),
+    pa.field(SPLIT, pa.string()),
+    pa.field(SIMILARITY, pa.float32()),
+    pa.field(TAG_COLUMNS[UNSAFE], pa.float32()),
+    pa.field(TAG_COLUMNS[WATERMARK], pa.float32()),
+    pa.field(TOXIC_COLUMN, pa.float32()),
+    pa.field(HASH, pa.int64()),
+    pa.field(UID, pa.string()),
+    pa.field(SHA256, pa.string()),
+)
+_NAMED = {f.name for f in METADATA_FIELDS}
+
+
+def uid_hash(uid: str) -> int:
+    """LAION's int64 `hash` column, from the first 8 bytes of the uid."""
+    return int.from_bytes(bytes.fromhex(uid[:16]), "big", signed=True)
+
+
+def metadata_table(shard: ScoredShard) -> pa.Table:
+    """One row per scored pair, aligned with the shard's embeddings."""
+    table, count = shard.table, len(shard)
+
+    def column(name: str) -> list:
+        return table[name].to_pylist() if name in table.column_names else [None] * count
+
+    uids = [uid or pair_uid(str(url), str(text)) for uid, url, text in zip(column(UID), column(URL), column(TEXT))]
+    values = {
+        KEY: column(KEY), SHARD: [shard.tar_path] * count, URL: column(URL), TEXT: column(TEXT),
+        WIDTH: column(ORIGINAL_WIDTH), HEIGHT: column(ORIGINAL_HEIGHT), LANGUAGE: column(LANGUAGE),
+        SPLIT: column(SPLIT), SIMILARITY: shard.similarity, **shard.tags,
+        HASH: [uid_hash(uid) for uid in uids], UID: uids, SHA256: column(SHA256),
+    }
+    named = [pa.array(values[f.name], f.type) for f in METADATA_FIELDS]
+    carried = [name for name in table.column_names if name not in _NAMED and name not in OUTPUT_COLUMNS]
+    return pa.Table.from_arrays(named + [table[name] for name in carried],
+                                schema=pa.schema(list(METADATA_FIELDS) + [table.schema.field(n) for n in carried]))
+
+
+def _write_table_atomically(table: pa.Table, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    pq.write_table(table, temporary)
+    os.replace(temporary, path)
+
+
+def dropped_path(output_dir: str, number: int) -> str:
+    return os.path.join(output_dir, DROPPED, f"{DROPPED}_{number}.parquet")
+
+
+def errors_path(output_dir: str, number: int) -> str:
+    return os.path.join(output_dir, ERRORS_DIR, f"errors_{number}.parquet")
+
+
+def is_scored(output_dir: str, number: int) -> bool:
+    return os.path.exists(part_paths(output_dir, number).metadata)
+
+
+def write_scored_shard(output_dir: str, shard: ScoredShard) -> dict[str, int]:
+    """Writes errors, dropped pairs, then the part; returns the kept and dropped counts."""
+    if shard.errors:
+        _write_table_atomically(pa.Table.from_pylist(shard.errors, schema=ERROR_SCHEMA),
+                                errors_path(output_dir, shard.number))
+    if shard.read_failed:
+        return {"kept": 0, "dropped": 0}
+    metadata = metadata_table(shard)
+    reasons = shard.drop_reasons if shard.drop_reasons is not None else [None] * len(shard)
+    kept = np.array([reason is None for reason in reasons], bool)
+    dropped = metadata.filter(pa.array(~kept)).append_column(
+        DROP_REASON, pa.array([r for r in reasons if r is not None], pa.string()))
+    _write_table_atomically(dropped, dropped_path(output_dir, shard.number))
+    write_part(output_dir, shard.number, shard.img_emb[kept], shard.text_emb[kept], metadata.filter(pa.array(kept)))
+    for reason in set(reasons) - {None}:
+        counter(STAGE, f"dropped_{reason}").inc(reasons.count(reason))
+    counter(STAGE, "kept").inc(int(kept.sum()))
+    return {"kept": int(kept.sum()), "dropped": int((~kept).sum())}
