@@ -2,24 +2,38 @@
 
     crawl2clip extract --input GLOB [GLOB ...] --output DIR [any Beam pipeline option]
     crawl2clip download --input PARQUET_GLOB --output DIR [options]   # images -> webdataset shards
+    crawl2clip score --input DOWNLOAD_DIR --output DIR [options]      # CLIP embeddings, similarity, tags
+    crawl2clip prune --input SCORE_DIR --output DIR --keep-fraction F   # SemDeDup + DBP -> kept.parquet
+    crawl2clip prune-apply --kept DIR/kept.parquet --input SCORE_DIR --output PRUNED_DIR [--shards DOWNLOAD_DIR]
+    crawl2clip index --embeddings SCORE_DIR --output INDEX_DIR [--max-memory 4GB] [options]
+    crawl2clip serve INDEX_DIR [--host 127.0.0.1 --port 8765]   # search API + web page
+    crawl2clip subset --index INDEX_DIR (--query TEXT ... | --filter EXPR ...) --output FILE.parquet
+    crawl2clip train-head --embeddings SCORE_DIR_or_.npy --labels PARQUET --label-column COL --output HEAD.npz
     crawl2clip demo [--output DIR]          # builds the sample crawl and extracts it
     crawl2clip sample-crawl --output FILE   # only writes the sample crawl
+    crawl2clip run --input WARC_GLOB --output DIR [--prune --keep-fraction F] [options]   # every stage
     crawl2clip run --template NAME --set KEY=VALUE ... [Beam options]   # a deploy/templates job
+    crawl2clip report DIR                   # DIR/report.html + report.json of a run (or of stages run alone)
     crawl2clip templates                    # lists the templates
     crawl2clip flex-metadata [--output FILE]   # Dataflow Flex Template metadata.json
 
 Stage options are parsed by Beam (`Crawl2ClipOptions`), so runner flags pass straight through.
+Every command also takes `--config FILE` (YAML/JSON, keys are the option names).
 """
 
 import argparse
 import logging
 import os
+import shutil
 import sys
+import time
 
 from crawl2clip.pipelines.config import ConfigError, expand_config_flag
 from crawl2clip.pipelines.download import build_download
 from crawl2clip.pipelines.extract import build_extract
+from crawl2clip.pipelines.index import build_index
 from crawl2clip.pipelines.options import Crawl2ClipOptions, output_flag_to_output_dir
+from crawl2clip.pipelines.progress import ProgressDisplay
 from crawl2clip.pipelines.run import PipelineFailed, run_pipeline, with_default_runner
 from crawl2clip.pipelines.sample_crawl import write_sample_crawl
 from crawl2clip.pipelines.templates import (
@@ -28,6 +42,7 @@ from crawl2clip.pipelines.templates import (
     render,
     template_names,
 )
+from crawl2clip.transforms.progress import PROGRESS_FOLDER
 
 DEMO_OUTPUT = os.path.join("output", "demo")
 
@@ -90,6 +105,88 @@ def download(argv: list[str]) -> int:
     )
 
 
+def index(argv: list[str]) -> int:
+    return _run_stage(
+        "index", "Build a kNN index (faiss) over the scoring stage's embeddings, with what the "
+                 "explorer serves: metadata, vectors, thumbnails.", argv,
+        Crawl2ClipOptions.validate_index, build_index,
+        lambda out: {"Index": os.path.join(out, "index_info.json"),
+                     "Errors": os.path.join(out, "errors", "errors-*.parquet"),
+                     "Serve it": f"crawl2clip serve {out}"},
+    )
+
+
+def serve(argv: list[str]) -> int:
+    # Imported here: the web stack is only needed by these two commands.
+    from crawl2clip.explorer.server import main as serve_main
+    return serve_main(argv)
+
+
+def subset(argv: list[str]) -> int:
+    from crawl2clip.explorer.subset import main as subset_main
+    return subset_main(argv)
+
+
+def score(argv: list[str]) -> int:
+    # Imported here: torch and open_clip take seconds to import and only this command needs them.
+    from crawl2clip.pipelines.score import build_score
+    return _run_stage(
+        "score", "Score downloaded pairs with CLIP: embeddings, similarity, content tags; drop the "
+                 "pairs under the similarity thresholds.", argv,
+        Crawl2ClipOptions.validate_score, build_score,
+        lambda out: {"Embeddings": os.path.join(out, "img_emb") + ", " + os.path.join(out, "text_emb"),
+                     "Metadata": os.path.join(out, "metadata", "metadata_*.parquet"),
+                     "Dropped pairs": os.path.join(out, "dropped", "dropped_*.parquet"),
+                     "Settings": os.path.join(out, "scoring.json"),
+                     "Metrics": os.path.join(out, "metrics.json")},
+    )
+
+
+_PRUNE_DESCRIPTION = ("Prune a scoring output: SemDeDup (near-duplicates), then Density-Based Pruning "
+                      "(keep more of complex concept clusters); writes the kept ids.")
+
+
+def _prune_outputs(out: str) -> dict[str, str]:
+    return {"Kept ids": os.path.join(out, "kept.parquet"),
+            "Clusters": os.path.join(out, "clusters.parquet") + ", " + os.path.join(out, "complexity_vs_keep_rate.png"),
+            "Duplicates": os.path.join(out, "duplicates.parquet"),
+            "Summary": os.path.join(out, "prune.json")}
+
+
+def prune(argv: list[str]) -> int:
+    # Imported here: faiss and matplotlib are only needed by the prune commands.
+    from crawl2clip.pipelines.prune import build_prune, prune_single_machine
+    stage = Crawl2ClipOptions(output_flag_to_output_dir(argv)).view_as(Crawl2ClipOptions)
+    if not ("-h" in argv or "--help" in argv) and stage.prune_single_machine:
+        problems = stage.validate_prune()
+        if problems:
+            print("crawl2clip prune: " + "; ".join(problems), file=sys.stderr)
+            return 2
+        started = time.time()
+        try:
+            totals = prune_single_machine(stage.input[0], stage.output_dir, stage.prune_settings())
+        except ValueError as exc:
+            print(f"crawl2clip prune: {exc}", file=sys.stderr)
+            return 1
+        _print_report({"runner": "this process (--prune-single-machine)", "seconds": time.time() - started,
+                       "counters": totals}, _prune_outputs(stage.output_dir))
+        return 0
+    return _run_stage("prune", _PRUNE_DESCRIPTION, argv, Crawl2ClipOptions.validate_prune, build_prune,
+                      _prune_outputs)
+
+
+def prune_apply(argv: list[str]) -> int:
+    from crawl2clip.pipelines.prune import build_prune_apply
+    return _run_stage(
+        "prune-apply", "Write the pruned dataset: the rows of kept.parquet as an embeddings layout "
+                       "(and, with --shards DOWNLOAD_DIR, as webdataset shards).", argv,
+        Crawl2ClipOptions.validate_prune_apply, build_prune_apply,
+        lambda out: {"Pruned embeddings": os.path.join(out, "metadata", "metadata_*.parquet"),
+                     "Pruned shards": os.path.join(out, "shards", "*.tar") + " (with --shards)",
+                     "Errors": os.path.join(out, "errors", "errors-*.parquet")},
+    )
+
+
 def demo(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="crawl2clip demo",
                                      description="Build the sample crawl and run extract on it.")
@@ -108,6 +205,62 @@ def sample_crawl(argv: list[str]) -> int:
     parser.add_argument("--pages", type=int, default=200, help="number of HTML pages (default: %(default)s)")
     args = parser.parse_args(argv)
     print(write_sample_crawl(args.output, pages=args.pages))
+    return 0
+
+
+def run(argv: list[str]) -> int:
+    if any(arg == "--template" or arg.startswith("--template=") for arg in argv):
+        return run_template(argv)
+    return run_end_to_end(argv)
+
+
+def run_end_to_end(argv: list[str]) -> int:
+    """Every stage as one Beam pipeline into DIR, with a progress line and the run report."""
+    description = ("Run every stage as one pipeline: extract, language, download, CLIP score and "
+                   "content tags, optionally SemDeDup + DBP prune; write the run report.")
+    if "-h" in argv or "--help" in argv:
+        _stage_help("run", description)
+        return 0
+    options = Crawl2ClipOptions(with_default_runner(output_flag_to_output_dir(argv)))
+    stage = options.view_as(Crawl2ClipOptions)
+    problems = stage.validate_run()
+    if problems:
+        print("crawl2clip run: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    # Imported here: torch, open_clip and faiss take seconds to import.
+    from crawl2clip.pipelines.end_to_end import build_end_to_end, split_metrics_by_stage, stage_dir
+    from crawl2clip.pipelines.extract import input_patterns
+    from crawl2clip.pipelines.report import write_report
+
+    out = stage.output_dir
+    display = ProgressDisplay({stage: stage_dir(out, stage) for stage in ("extract", "download", "score")},
+                              os.path.join(stage_dir(out, "extract"), PROGRESS_FOLDER),
+                              total_files=len(input_patterns(stage)), shard_size=stage.shard_size)
+    try:
+        with display:
+            report = run_pipeline(options, lambda p: build_end_to_end(p, stage), out)
+    except (PipelineFailed, ValueError) as exc:
+        print(f"crawl2clip run: {exc}", file=sys.stderr)
+        return 1
+    split_metrics_by_stage(out, report)
+    shutil.rmtree(os.path.join(stage_dir(out, "extract"), PROGRESS_FOLDER), ignore_errors=True)
+    _print_report(report, {"Run folder": out, "Metrics": os.path.join(out, "metrics.json")})
+    print(f"Report:          {write_report(out)}")
+    return 0
+
+
+def report(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="crawl2clip report",
+                                     description="Write DIR/report.json and DIR/report.html (funnel, histograms, "
+                                                 "errors, throughput, samples) from a run's folders.")
+    parser.add_argument("run_dir", metavar="DIR", help="the --output of crawl2clip run (extract/, download/, ...)")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.run_dir):
+        print(f"crawl2clip report: {args.run_dir}: no such folder", file=sys.stderr)
+        return 2
+    from crawl2clip.pipelines.report import write_report
+
+    print(write_report(args.run_dir))
     return 0
 
 
@@ -141,6 +294,11 @@ def run_template(argv: list[str]) -> int:
     return 0
 
 
+def train_head(argv: list[str]) -> int:
+    from crawl2clip.pipelines.train_head import main as train_head_main  # numpy only; no Beam
+    return train_head_main(argv)
+
+
 def list_templates(argv: list[str]) -> int:
     print("\n".join(template_names()))
     return 0
@@ -162,9 +320,17 @@ def flex_metadata(argv: list[str]) -> int:
 COMMANDS = {
     "extract": extract,
     "download": download,
+    "score": score,
+    "prune": prune,
+    "prune-apply": prune_apply,
+    "index": index,
+    "serve": serve,
+    "subset": subset,
+    "train-head": train_head,
     "demo": demo,
     "sample-crawl": sample_crawl,
-    "run": run_template,
+    "run": run,
+    "report": report,
     "templates": list_templates,
     "flex-metadata": flex_metadata,
 }

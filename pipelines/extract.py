@@ -9,6 +9,7 @@ from crawl2clip.transforms.errors import WriteErrors
 from crawl2clip.transforms.extract.transform import ExtractCandidates
 from crawl2clip.transforms.httpfs import expand_path_listing
 from crawl2clip.transforms.language import IdentifyLanguage, NoLanguage
+from crawl2clip.transforms.progress import PROGRESS_FOLDER
 from crawl2clip.transforms.schema import CANDIDATE_SCHEMA
 
 
@@ -19,13 +20,17 @@ def input_patterns(options: Crawl2ClipOptions) -> list[str]:
     return patterns
 
 
-def build_extract(pipeline: beam.Pipeline, options: Crawl2ClipOptions) -> None:
-    result = pipeline | "Extract" >> ExtractCandidates(input_patterns(options), options.extraction_rules())
+def build_extract(pipeline: beam.Pipeline, options: Crawl2ClipOptions) -> beam.PCollection:
+    """Returns the names of the files written (pairs and errors), complete when the stage is."""
+    progress_dir = os.path.join(options.output_dir, PROGRESS_FOLDER)
+    result = pipeline | "Extract" >> ExtractCandidates(input_patterns(options), options.extraction_rules(),
+                                                       progress_dir)
     if options.no_langid:
         pairs = result["pairs"] | "NoLanguage" >> NoLanguage()
     else:
         pairs = result["pairs"] | "IdentifyLanguage" >> IdentifyLanguage(options.langid_model, options.langid_threshold)
-    pairs | "WritePairs" >> beam.io.WriteToParquet(
+    pair_files = pairs | "WritePairs" >> beam.io.WriteToParquet(
         os.path.join(options.output_dir, "pairs", "pairs"), CANDIDATE_SCHEMA, file_name_suffix=".parquet"
     )
-    result["errors"] | "WriteErrors" >> WriteErrors(options.output_dir)
+    error_files = result["errors"] | "WriteErrors" >> WriteErrors(options.output_dir)
+    return (pair_files, error_files) | "WrittenFiles" >> beam.Flatten()

@@ -13,12 +13,17 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from crawl2clip.transforms.download.client import FetchOptions
 from crawl2clip.transforms.download.images import OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
 from crawl2clip.transforms.extract.rules import ExtractionRules
+from crawl2clip.transforms.index.choice import EXACT_MAX_ROWS, parse_memory
 from crawl2clip.transforms.language import DEFAULT_THRESHOLD
+from crawl2clip.transforms.prune.settings import KEEP_MODES, PruneSettings
+from crawl2clip.transforms.score.settings import DEFAULT_MIN_SIMILARITY, EN, MULTI, BatchSizes
 
 COMMON_CRAWL_PREFIX = "https://data.commoncrawl.org/"
 _DEFAULT_RULES = ExtractionRules()
 _DEFAULT_RESIZE = ResizeSpec()
 _DEFAULT_FETCH = FetchOptions()
+_DEFAULT_PRUNE = PruneSettings()
+_DEFAULT_BATCHES = BatchSizes()
 
 
 def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
@@ -107,6 +112,132 @@ class Crawl2ClipOptions(PipelineOptions):
              help="Instead of --input: the rows of an earlier download into DIR that failed in a "
                   "retryable way (timeouts, 429, 5xx, connection errors).")
 
+        # score (crawl2clip score: download shards -> CLIP embeddings, similarity, content tags)
+        _add(parser, "clip-model", default="ViT-B-32",
+             help="open_clip model scoring the en split (LAION: ViT-B-32).")
+        _add(parser, "clip-pretrained", default="openai", metavar="TAG_OR_PATH",
+             help="Its open_clip pretrained tag (weights in open_clip's cache) or a checkpoint file.")
+        _add(parser, "multi-clip-model", default="xlm-roberta-base-ViT-B-32",
+             help="Multilingual open_clip model scoring the multi and nolang splits (and pairs "
+                  "without a split).")
+        _add(parser, "multi-clip-pretrained", default="laion5b_s13b_b90k", metavar="TAG_OR_PATH",
+             help="Its pretrained tag or checkpoint file.")
+        _add(parser, "tiny-clip", action="store_true", default=False,
+             help="Score every split with the project's tiny CLIP (models/assets; demos and tests).")
+        _add(parser, "clip-device", default="auto",
+             help="torch device of the CLIP models (auto: CUDA when present).")
+        _add(parser, "clip-precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+             help="auto: bf16 autocast on GPUs, fp32 on CPUs.")
+        _add(parser, "image-batch-size", type=int, default=_DEFAULT_BATCHES.images,
+             help="Images per forward pass of the image tower.")
+        _add(parser, "text-batch-size", type=int, default=_DEFAULT_BATCHES.texts,
+             help="Captions per forward pass of the text tower.")
+        _add(parser, "decode-workers", type=int, default=None,
+             help="Threads per worker decoding and preprocessing images ahead of the model "
+                  "(default: Python's thread-pool default for the worker's cores).")
+        _add(parser, "min-similarity-en", type=float, default=DEFAULT_MIN_SIMILARITY[EN],
+             help="Drop en pairs whose CLIP cosine similarity is under this (LAION: 0.28).")
+        _add(parser, "min-similarity-multi", type=float, default=DEFAULT_MIN_SIMILARITY[MULTI],
+             help="Drop multi/nolang pairs whose similarity is under this (LAION: 0.26).")
+        _add(parser, "score-only", action="store_true", default=False,
+             help="Score every pair and drop none (no similarity or content filtering).")
+        _add(parser, "unsafe-head", default=None, metavar="PATH",
+             help="NSFW head file (models/heads.py format). Default: zero-shot prompts.")
+        _add(parser, "watermark-head", default=None, metavar="PATH",
+             help="Watermark head file. Default: models/assets/watermark-head.npz for the CLIP it "
+                  "was trained on, zero-shot prompts otherwise.")
+        _add(parser, "toxicity-model", default=None, metavar="PATH",
+             help="Caption toxicity model: a head on caption embeddings (.npz) or a lexicon (.tsv). "
+                  "Default: the built-in multilingual lexicon.")
+        _add(parser, "max-punsafe", type=float, default=None,
+             help="Also drop pairs with punsafe over this (LAION's published cut: 0.5). Default: keep.")
+        _add(parser, "max-pwatermark", type=float, default=None,
+             help="Also drop pairs with pwatermark over this (LAION's: 0.8). Default: keep.")
+        _add(parser, "max-ptoxic", type=float, default=None,
+             help="Also drop pairs with ptoxic over this. Default: keep.")
+
+        # index (crawl2clip index: SCORE_DIR embeddings -> INDEX_DIR for crawl2clip serve)
+        _add(parser, "embeddings", default=None, metavar="SCORE_DIR",
+             help="The scoring stage's output (img_emb/, text_emb/, metadata/) to index.")
+        _add(parser, "max-memory", default="4GB", metavar="SIZE",
+             help="RAM the faiss index may use (e.g. 4GB, 512MB): picks exact or IVF+HNSW+PQ "
+                  "and the PQ code size, as autofaiss does.")
+        _add(parser, "exact-max-rows", type=int, default=EXACT_MAX_ROWS,
+             help="Index up to this many vectors exactly (Flat) when they fit --max-memory; "
+                  "more get IVF+HNSW+PQ with exact re-ranking.")
+        _add(parser, "index-text", action="store_true", default=False,
+             help="Also index the caption embeddings (text -> caption search).")
+        _add(parser, "index-shards", type=int, default=4,
+             help="Index shards built in parallel (runs of consecutive parts), then merged.")
+        _add(parser, "target-recall", type=float, default=0.95,
+             help="The search is tuned (IVF nprobe) to reach this recall@10 against exact search.")
+        _add(parser, "no-thumbnails", action="store_true", default=False,
+             help="Do not copy thumbnails from the webdataset shards into INDEX_DIR.")
+        _add(parser, "query-model", default=None, metavar="MODEL",
+             help="open_clip model that encodes the explorer's queries (default: the one named in "
+                  "SCORE_DIR/scoring.json).")
+        _add(parser, "query-pretrained", default=None, metavar="TAG_OR_PATH",
+             help="Its pretrained tag or checkpoint file.")
+
+        # run (crawl2clip run: every stage as one pipeline)
+        _add(parser, "prune", action="store_true", default=False,
+             help="crawl2clip run: also SemDeDup + DBP-prune the scored pairs (needs --keep-fraction).")
+
+        # prune (crawl2clip prune / prune-apply: SemDeDup + Density-Based Pruning of SCORE_DIR)
+        _add(parser, "keep-fraction", type=float, default=None, metavar="F",
+             help="Share of the usable input rows to keep after SemDeDup and DBP (e.g. 0.3).")
+        _add(parser, "dedup-eps", type=float, default=_DEFAULT_PRUNE.dedup_eps,
+             help="SemDeDup: rows with cosine similarity > 1 - eps to a kept row are removed "
+                  "(0.07 took LAION-440M to 280M).")
+        _add(parser, "dedup-cluster-size", type=int, default=_DEFAULT_PRUNE.dedup_cluster_size,
+             help="SemDeDup's k-means gets one cluster per this many rows (the reference: about 8,800 "
+                  "on LAION-440M); its cost grows with it.")
+        _add(parser, "prune-clusters", type=int, default=_DEFAULT_PRUNE.clusters,
+             help="DBP's k-means k (the paper: 500 on LAION).")
+        _add(parser, "prune-neighbours", type=int, default=_DEFAULT_PRUNE.neighbours,
+             help="DBP's l: d_inter is the mean cosine distance to this many nearest centroids.")
+        _add(parser, "prune-temperature", type=float, default=_DEFAULT_PRUNE.temperature,
+             help="DBP's tau: cluster shares are softmax(complexity / tau).")
+        _add(parser, "prune-balance", type=float, default=_DEFAULT_PRUNE.balance,
+             help="Every cluster keeps at least int(balance x N / k) rows (the reference's "
+                  "cls_bal_ratio); 0: at least one.")
+        _add(parser, "prune-keep", default=_DEFAULT_PRUNE.keep, choices=KEEP_MODES,
+             help="Which rows fill a cluster's quota: hard (farthest from the centroid), easy, random.")
+        _add(parser, "prune-seed", type=int, default=_DEFAULT_PRUNE.seed,
+             help="Seed of the k-means samples and fits and of --prune-keep random.")
+        _add(parser, "kmeans-iterations", type=int, default=_DEFAULT_PRUNE.kmeans_iterations,
+             help="Iterations of each k-means fit.")
+        _add(parser, "kmeans-points-per-centroid", type=int, default=_DEFAULT_PRUNE.points_per_centroid,
+             help="k-means fits on a seeded sample of k x this many rows.")
+        _add(parser, "prune-single-machine", action="store_true", default=False,
+             help="Run the prune in this process without Beam (same result, faster on one machine).")
+        _add(parser, "kept", default=None, metavar="KEPT_PARQUET",
+             help="prune-apply: the kept.parquet a prune run wrote.")
+        _add(parser, "shards", default=None, metavar="DOWNLOAD_DIR",
+             help="prune-apply: also write pruned copies of the webdataset shards found here.")
+
+    def validate_score(self) -> list[str]:
+        problems = []
+        if not self.input or len(self.input) != 1:
+            problems.append("give --input DOWNLOAD_DIR (one folder of the download stage)")
+        elif not os.path.isdir(self.input[0]):
+            problems.append(f"--input {self.input[0]}: no such folder")
+        if not self.output_dir:
+            problems.append("give --output DIR")
+        for name in ("image_batch_size", "text_batch_size", "decode_workers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be >= 1")
+        for name in ("min_similarity_en", "min_similarity_multi"):
+            if not -1.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"--{name.replace('_', '-')} must be between -1 and 1")
+        for name in ("max_punsafe", "max_pwatermark", "max_ptoxic"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"--{name.replace('_', '-')} must be between 0 and 1")
+        for name in ("unsafe_head", "watermark_head", "toxicity_model"):
+            if getattr(self, name) and not os.path.isfile(getattr(self, name)):
+                problems.append(f"--{name.replace('_', '-')} {getattr(self, name)}: no such file")
+        return problems
+
     def resize_spec(self) -> ResizeSpec:
         return ResizeSpec(
             image_size=self.image_size,
@@ -128,6 +259,15 @@ class Crawl2ClipOptions(PipelineOptions):
             proxy=self.proxy,
             allow_private_networks=self.allow_private_networks,
         )
+
+    def validate_run(self) -> list[str]:
+        """The whole pipeline: extract's input rules, every later stage's settings (their inputs
+        are the previous stage's folders under --output)."""
+        later = [*self.validate_download(), *self.validate_score(),
+                 *(self.validate_prune() if self.prune else [])]
+        stage_inputs = ("give --input", "--input ", "give either --input")
+        problems = self.validate_extract() + [p for p in later if not p.startswith(stage_inputs)]
+        return list(dict.fromkeys(problems))
 
     def validate_download(self) -> list[str]:
         problems = []
@@ -173,4 +313,66 @@ class Crawl2ClipOptions(PipelineOptions):
             problems.append("--langid-threshold must be between 0 and 1")
         if self.langid_model and "://" not in self.langid_model and not os.path.isfile(self.langid_model):
             problems.append(f"--langid-model {self.langid_model}: no such file")
+        return problems
+
+    def validate_index(self) -> list[str]:
+        problems = []
+        if not self.embeddings:
+            problems.append("give --embeddings SCORE_DIR")
+        elif not os.path.isdir(os.path.join(self.embeddings, "metadata")):
+            problems.append(f"--embeddings {self.embeddings}: no metadata/ folder (not a scoring output)")
+        if not self.output_dir:
+            problems.append("give --output INDEX_DIR")
+        try:
+            parse_memory(self.max_memory)
+        except ValueError as exc:
+            problems.append(f"--max-memory: {exc}")
+        if self.index_shards < 1:
+            problems.append("--index-shards must be >= 1")
+        if self.exact_max_rows < 0:
+            problems.append("--exact-max-rows must be >= 0")
+        if not 0.0 < self.target_recall <= 1.0:
+            problems.append("--target-recall must be in (0, 1]")
+        if self.query_pretrained and not self.query_model:
+            problems.append("--query-pretrained needs --query-model")
+        return problems
+
+    def prune_settings(self) -> PruneSettings:
+        return PruneSettings(
+            keep_fraction=self.keep_fraction if self.keep_fraction is not None else _DEFAULT_PRUNE.keep_fraction,
+            dedup_eps=self.dedup_eps,
+            dedup_cluster_size=self.dedup_cluster_size,
+            clusters=self.prune_clusters,
+            neighbours=self.prune_neighbours,
+            temperature=self.prune_temperature,
+            balance=self.prune_balance,
+            keep=self.prune_keep,
+            seed=self.prune_seed,
+            kmeans_iterations=self.kmeans_iterations,
+            points_per_centroid=self.kmeans_points_per_centroid,
+        )
+
+    def _validate_score_dir(self) -> list[str]:
+        if not self.input or len(self.input) != 1:
+            return ["give --input SCORE_DIR (one scoring output folder)"]
+        if not os.path.isdir(os.path.join(self.input[0], "metadata")):
+            return [f"--input {self.input[0]}: no metadata/ folder (not a scoring output)"]
+        return []
+
+    def validate_prune(self) -> list[str]:
+        problems = self._validate_score_dir()
+        if not self.output_dir:
+            problems.append("give --output DIR")
+        if self.keep_fraction is None:
+            problems.append("give --keep-fraction F (the share of rows to keep, e.g. 0.3)")
+        return problems + self.prune_settings().problems()
+
+    def validate_prune_apply(self) -> list[str]:
+        problems = self._validate_score_dir()
+        if not self.output_dir:
+            problems.append("give --output PRUNED_DIR")
+        if not self.kept or not os.path.isfile(self.kept):
+            problems.append("give --kept KEPT_PARQUET (a prune run's kept.parquet)")
+        if self.shards and not os.path.isdir(self.shards):
+            problems.append(f"--shards {self.shards}: no such folder")
         return problems

@@ -16,6 +16,8 @@ import threading
 import time
 from typing import TextIO
 
+import pyarrow.parquet as pq
+
 from crawl2clip.transforms.progress import read_progress
 
 
@@ -43,6 +45,14 @@ class _ShardTotals:
         return len(self.seen), sum(self.seen.values())
 
 
+def _expected_shards(extract_dir: str | None, shard_size: int | None) -> int | None:
+    """The download's shard count, known once extract has written its (deduplicated) pairs."""
+    if not extract_dir or not shard_size or not os.path.exists(os.path.join(extract_dir, "_SUCCESS")):
+        return None
+    files = glob.glob(os.path.join(extract_dir, "pairs", "*.parquet"))
+    return max(1, math.ceil(sum(pq.read_metadata(path).num_rows for path in files) / shard_size))
+
+
 def describe(stage_dirs: dict[str, str], progress_dir: str, elapsed: float, shard_totals: _ShardTotals,
              total_files: int | None = None, shard_size: int | None = None) -> str:
     """One line: what each stage has done so far."""
@@ -55,7 +65,7 @@ def describe(stage_dirs: dict[str, str], progress_dir: str, elapsed: float, shar
                      + _eta(extract["files"], total_files, elapsed))
     if "download" in stage_dirs:
         shards, images = shard_totals.update(stage_dirs["download"])
-        expected = math.ceil(extract["candidates"] / shard_size) if extract and shard_size else None
+        expected = _expected_shards(stage_dirs.get("extract"), shard_size)
         if shards:
             parts.append(f"download: {shards}" + (f"/{expected}" if expected else "")
                          + f" shards, {images:,} images ({images / max(elapsed, 1e-9):.0f}/s)")

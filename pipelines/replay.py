@@ -1,6 +1,8 @@
-"""A web-archive replay proxy for tests: answers absolute-form proxy requests
-(`GET http://host/path`) with the responses stored in a WARC, byte for byte, and 404 for
-anything the archive lacks. Bound to 127.0.0.1, bounded in requests."""
+"""A web-archive replay proxy: answers absolute-form proxy requests (`GET http://host/path`) with
+the responses stored in a WARC, byte for byte, and 404 for anything the archive lacks.
+
+The demo downloads its sample crawl's images through it (`--proxy`), and the tests replay real
+archives with it, so no request leaves the machine. Bound to 127.0.0.1, bounded in requests."""
 
 import contextlib
 import threading

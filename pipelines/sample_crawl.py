@@ -5,6 +5,12 @@ its input itself, deterministically. The pages exercise every extraction rule: r
 `<base href>`, lazy-loading `data-src`, images inside comments and scripts (not real tags),
 SVG/GIF, missing and too-short alt texts, entities, several languages and scripts, pairs repeated
 across pages, a revisit record, a non-HTML response and a 404.
+
+The crawl also holds the images of its "gallery" pictures (rendered scenes, models/scenes.py),
+so the whole pipeline runs on it offline with the replay proxy (pipelines/replay.py): most alt
+texts describe their picture, some describe another one (CLIP should drop those), some pictures
+carry a watermark, a few are broken or missing from the crawl. Its sites use plain http, so the
+replay proxy sees every request (it cannot look inside an https CONNECT tunnel).
 """
 
 import io
@@ -12,8 +18,12 @@ import os
 import random
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
+
+from crawl2clip.models.scenes import random_scene, render_example, scene_rng
+from crawl2clip.models.watermark import HELD_OUT_TEXTS, apply_watermark, random_watermark
 
 HOSTS = ["www.example-photos.org", "blog.example-travel.net", "shop.example-store.com",
          "news.example-daily.de", "www.example-recettes.fr", "example-tabi.jp"]
@@ -29,22 +39,48 @@ CAPTIONS = [
     "Hot-air balloons &amp; a morning sky", "Lighthouse on a rocky coast &ndash; Brittany",
 ]
 SHORT_ALTS = ["img", "logo", "", "   "]
+SCENE_SEED = 50_000  # not a seed the tiny CLIP or its heads were trained or checked on
+PICTURE_SIZE = 160
+
+
+def _gallery_picture(rng: random.Random, pictures: dict[str, int]) -> tuple[str, str]:
+    """(image URL, alt text) of a rendered scene; the alt describes another scene 20% of the time."""
+    index = rng.randrange(400)
+    url = f"http://media.example-photos.org/scenes/{index:04d}.jpg"
+    pictures[url] = index
+    caption_of = index if rng.random() >= 0.2 else (index + 1 + rng.randrange(399)) % 400
+    return url, random_scene(scene_rng(SCENE_SEED, caption_of)).caption()
+
+
+def picture_bytes(index: int) -> bytes:
+    """JPEG of gallery scene `index`: every 7th is watermarked, every 50th cut short (broken)."""
+    image, _ = render_example(SCENE_SEED, index, size=PICTURE_SIZE)
+    if index % 7 == 3:
+        mark_rng = np.random.default_rng([SCENE_SEED, index, 1])
+        image = apply_watermark(image, random_watermark(mark_rng, HELD_OUT_TEXTS), mark_rng)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90)
+    data = out.getvalue()
+    return data[: len(data) // 3] if index % 50 == 49 else data
 
 
 def _image_path(rng: random.Random, extension: str = "jpg") -> str:
     return f"/images/{rng.randrange(16**6):06x}.{extension}"
 
 
-def _page_html(rng: random.Random, host: str, page_number: int) -> str:
+def _page_html(rng: random.Random, host: str, page_number: int, pictures: dict[str, int]) -> str:
     tags = []
     for _ in range(rng.randint(6, 14)):
         kind = rng.random()
         caption = rng.choice(CAPTIONS)
-        if kind < 0.45:
+        if kind < 0.4:
+            url, alt = _gallery_picture(rng, pictures)
+            tags.append(f'<img src="{url}" alt="{alt}">')
+        elif kind < 0.45:
             tags.append(f'<img src="{_image_path(rng)}" alt="{caption}" width="640" height="480">')
         elif kind < 0.55:  # lazy loading: the image is in data-src
             tags.append(f'<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" '
-                        f'data-src="https://cdn.{host}{_image_path(rng)}" alt="{caption}">')
+                        f'data-src="http://cdn.{host}{_image_path(rng)}" alt="{caption}">')
         elif kind < 0.65:  # relative to <base href>
             tags.append(f"<img src='thumbs/{rng.randrange(1000)}.png' alt='{caption}'>")
         elif kind < 0.72:
@@ -54,11 +90,11 @@ def _page_html(rng: random.Random, host: str, page_number: int) -> str:
         elif kind < 0.88:
             tags.append(f'<img src="{_image_path(rng)}">')
         else:  # a pair shared by many pages (site logo): deduplicated across the crawl
-            tags.append(f'<img src="https://{host}/static/logo.png" alt="{host} logo and home link">')
+            tags.append(f'<img src="http://{host}/static/logo.png" alt="{host} logo and home link">')
     body = "\n".join(f"<figure>{tag}</figure>" for tag in tags)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Page {page_number} of {host}</title>
-<base href="https://{host}/gallery/{page_number}/">
+<base href="http://{host}/gallery/{page_number}/">
 <script>var tpl = '<img src="/not-a-tag.jpg" alt="inside a script, not an image">';</script>
 <style>.x{{background:url(/bg.jpg)}}</style></head>
 <body><nav><a href="/">Home</a></nav>
@@ -86,15 +122,19 @@ def write_sample_crawl(path: str, pages: int = 200, seed: int = 0) -> dict:
                                                           http_headers=headers, warc_headers_dict={"WARC-Date": date}))
             records += 1
 
+        pictures: dict[str, int] = {}
         for number in range(pages):
             host = HOSTS[number % len(HOSTS)]
-            url = f"https://{host}/gallery/{number}/index.html"
-            write_response(url, "200 OK", "text/html; charset=utf-8", _page_html(rng, host, number).encode())
-        write_response(f"https://{HOSTS[0]}/missing.html", "404 Not Found", "text/html", b"<html>gone</html>")
-        write_response(f"https://{HOSTS[0]}/static/logo.png", "200 OK", "image/png", b"\x89PNG\r\n\x1a\n" + bytes(64))
-        revisit = writer.create_revisit_record(f"https://{HOSTS[0]}/gallery/0/index.html",
+            url = f"http://{host}/gallery/{number}/index.html"
+            write_response(url, "200 OK", "text/html; charset=utf-8", _page_html(rng, host, number, pictures).encode())
+        for url, index in sorted(pictures.items()):
+            if index % 40 != 17:  # a few pictures the crawl never fetched: the replay answers 404
+                write_response(url, "200 OK", "image/jpeg", picture_bytes(index))
+        write_response(f"http://{HOSTS[0]}/missing.html", "404 Not Found", "text/html", b"<html>gone</html>")
+        write_response(f"http://{HOSTS[0]}/static/logo.png", "200 OK", "image/png", b"\x89PNG\r\n\x1a\n" + bytes(64))
+        revisit = writer.create_revisit_record(f"http://{HOSTS[0]}/gallery/0/index.html",
                                                "sha1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-                                               f"https://{HOSTS[0]}/gallery/0/index.html", "2024-05-01T00:00:00Z")
+                                               f"http://{HOSTS[0]}/gallery/0/index.html", "2024-05-01T00:00:00Z")
         writer.write_record(revisit)
         records += 1
-    return {"path": path, "pages": pages, "records": records}
+    return {"path": path, "pages": pages, "records": records, "pictures": len(pictures)}

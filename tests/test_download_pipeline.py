@@ -14,7 +14,7 @@ import webdataset as wds
 from crawl2clip.pipelines.cli import main
 from crawl2clip.transforms.extract.rules import pair_uid
 from tests.http_server import serve_directory
-from tests.warc_replay import replay_proxy
+from crawl2clip.pipelines.replay import replay_proxy
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,9 @@ import json
 import os
 import time
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from crawl2clip.pipelines.progress import ProgressDisplay, _ShardTotals, describe
 from crawl2clip.transforms import progress as progress_files
 from crawl2clip.transforms.progress import ProgressFile, read_progress
@@ -32,13 +35,22 @@ def test_progress_line_counts_files_pairs_shards_and_images(tmp_path):
     progress_dir, download_dir = tmp_path / "_progress", tmp_path / "download"
     download_dir.mkdir()
     writer = ProgressFile(str(progress_dir), "extract")
-    writer.add(files=2, candidates=2500)
+    writer.add(files=2, candidates=2600)
     writer.flush()
     for shard, successes in ((0, 700), (1, 650)):
         (download_dir / f"{shard:05d}_stats.json").write_text(json.dumps({"successes": successes}))
-    line = describe({"download": str(download_dir)}, str(progress_dir), elapsed=10.0,
-                    shard_totals=_ShardTotals(), total_files=4, shard_size=1000)
-    assert "extract: 2/4 files, 2,500 pairs, ETA 0m10s" in line
+    stage_dirs = {"extract": str(tmp_path / "extract"), "download": str(download_dir)}
+    line = describe(stage_dirs, str(progress_dir), elapsed=10.0, shard_totals=_ShardTotals(),
+                    total_files=4, shard_size=1000)
+    assert "extract: 2/4 files, 2,600 pairs, ETA 0m10s" in line
+    assert "download: 2 shards, 1,350 images (135/s)" in line  # the shard count is not known yet
+
+    # once extract has finished, its deduplicated pairs give the number of shards
+    (tmp_path / "extract" / "pairs").mkdir(parents=True)
+    pq.write_table(pa.table({"uid": [str(i) for i in range(2500)]}), tmp_path / "extract" / "pairs" / "p.parquet")
+    (tmp_path / "extract" / "_SUCCESS").write_text("{}")
+    line = describe(stage_dirs, str(progress_dir), elapsed=10.0, shard_totals=_ShardTotals(),
+                    total_files=4, shard_size=1000)
     assert "download: 2/3 shards, 1,350 images (135/s)" in line
 
 

@@ -2,6 +2,10 @@
 
     rows -> KeyByShard -> GroupByKey -> DownloadShard (fetch, check, resize, write one shard)
 
+Per worker, images are checked and resized on a thread pool as soon as they arrive, and up to
+SHARDS_AHEAD shards download while an earlier one is written (all of a bundle's shards are
+written before the bundle ends, so a failed bundle is redone whole and nothing is lost).
+
 A row's shard is a hash of its uid, so a rerun puts every row in the same shard whatever order
 the input is read in; rows inside a shard are sorted by uid, so keys are stable too. A shard
 whose stats file exists is finished and skipped: rerunning into the same folder after a crash
@@ -9,12 +13,14 @@ does only the missing shards.
 """
 
 import os
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.utils.windowed_value import WindowedValue
 
-from crawl2clip.transforms.download.client import FetchOptions, Fetcher
+from crawl2clip.transforms.download.client import FetchOptions, Fetcher, FetchResult
 from crawl2clip.transforms.download.images import ImageRejected, ProcessedImage, ResizeSpec, process_image
 from crawl2clip.transforms.download.shards import SUCCESS, ShardWriter, stats_path
 from crawl2clip.transforms.errors import counter
@@ -35,6 +41,12 @@ def shard_id_of(uid: str, shard_count: int) -> int:
     return int(uid[:15], 16) % shard_count
 
 
+# Shards a worker has started but not written yet, beyond the one being written. While the
+# oldest is written the others keep downloading (and their images keep being resized), so
+# neither the writing nor the slowest request of a shard leaves the network or the CPUs idle.
+SHARDS_AHEAD = 2
+
+
 class _DownloadShard(beam.DoFn):
     def __init__(self, output_dir: str, fetch: FetchOptions, resize: ResizeSpec, input_schema: pa.Schema | None):
         self.output_dir = output_dir
@@ -47,12 +59,22 @@ class _DownloadShard(beam.DoFn):
         self._fetcher = Fetcher(self.fetch)
         # Pillow releases the GIL while decoding, resizing and encoding: threads use every core.
         self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        self._in_flight: deque = deque()
 
     def teardown(self):
+        self._give_up_in_flight()
         self._fetcher.close()
-        self._pool.shutdown()
+        self._pool.shutdown(cancel_futures=True)
 
-    def _checked_image(self, result) -> tuple[str, str | None, ProcessedImage | None]:
+    def start_bundle(self):
+        self._give_up_in_flight()  # left over by a failed bundle: Beam retries those shards
+
+    def _give_up_in_flight(self):
+        while self._in_flight:
+            self._in_flight.popleft()[2].cancel()
+
+    def _checked_image(self, result: FetchResult) -> tuple[str, str | None, ProcessedImage | None]:
+        """Runs on the pool as soon as the body has arrived."""
         if not result.ok:
             return result.status, result.error_message, None
         try:
@@ -60,29 +82,44 @@ class _DownloadShard(beam.DoFn):
         except ImageRejected as rejected:
             return rejected.reason, rejected.detail, None
 
-    def process(self, shard):  # (shard id, its rows)
-        shard_id, rows = shard
+    def process(self, shard, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
+        shard_id, rows = shard  # (shard id, its rows)
         if os.path.exists(stats_path(self.output_dir, shard_id)):
             counter(STAGE, "shards_already_done").inc()
             return
         rows = sorted(rows, key=row_uid)
-        fetched = self._fetcher.fetch_batch([str(row.get(URL)) for row in rows])
+        checked = self._fetcher.submit([str(row.get(URL)) for row in rows], self._checked_image, self._pool)
+        self._in_flight.append((shard_id, rows, checked, window, timestamp))
+        while len(self._in_flight) > SHARDS_AHEAD:
+            yield self._write_oldest()
+
+    def finish_bundle(self):
+        while self._in_flight:
+            yield self._write_oldest()
+
+    def _write_oldest(self) -> WindowedValue:
+        shard_id, rows, checked, window, timestamp = self._in_flight.popleft()
+        statuses = Counter()
         with ShardWriter(self.output_dir, shard_id, self.resize.output_format, input_schema=self.input_schema) as writer:
-            for row, (status, message, image) in zip(rows, self._pool.map(self._checked_image, fetched)):
+            for row, (status, message, image) in zip(rows, checked.result()):
                 writer.write(row, image, status=status, error_message=message)
-                counter(STAGE, "images" if status == SUCCESS else f"failed_{status}").inc()
+                statuses[status] += 1
+        for status, count in statuses.items():
+            counter(STAGE, "images" if status == SUCCESS else f"failed_{status}").inc(count)
         counter(STAGE, "shards").inc()
-        yield {"shard": shard_id, "rows": writer.count}
+        return WindowedValue({"shard": shard_id, "rows": writer.count}, timestamp, [window])
 
 
 class DownloadImages(beam.PTransform):
     """Rows with URL and TEXT (any other columns ride along) -> shards in `output_dir`:
     NNNNN.tar (webdataset), NNNNN.parquet (every row with status), NNNNN_stats.json."""
 
-    def __init__(self, output_dir: str, shard_count: int, fetch: FetchOptions = FetchOptions(),
+    def __init__(self, output_dir: str, shard_count: "int | beam.pvalue.AsSingleton",
+                 fetch: FetchOptions = FetchOptions(),
                  resize: ResizeSpec = ResizeSpec(), input_schema: pa.Schema | None = None):
         super().__init__()
-        if shard_count < 1:
+        # A number, or a side input holding it when it is only known at run time (crawl2clip run).
+        if isinstance(shard_count, int) and shard_count < 1:
             raise ValueError("shard_count must be at least 1")
         self.output_dir = output_dir
         self.shard_count = shard_count
@@ -91,10 +128,9 @@ class DownloadImages(beam.PTransform):
         self.input_schema = input_schema
 
     def expand(self, rows):
-        shard_count = self.shard_count
         return (
             rows
-            | "KeyByShard" >> beam.Map(lambda row: (shard_id_of(row_uid(row), shard_count), row))
+            | "KeyByShard" >> beam.Map(lambda row, count: (shard_id_of(row_uid(row), count), row), self.shard_count)
             | "GroupShards" >> beam.GroupByKey()
             | "DownloadShard" >> beam.ParDo(_DownloadShard(self.output_dir, self.fetch, self.resize, self.input_schema))
         )

@@ -1,0 +1,166 @@
+"""`crawl2clip run`: the whole pipeline on real pages and images, replayed from a real WARC.
+
+The books-toscrape capture holds a page with 20 `<img alt="book title">` and the 20 JPEGs; the
+replay proxy serves them at their original URLs, so extract -> language -> download -> CLIP
+(the project's tiny model) -> tags -> prune run end to end with no network. The report's counts
+must agree with the Beam counters and with the files; the stages run one by one must give the
+same output; the report page must render in a real Chromium.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from crawl2clip.pipelines.cli import main
+from crawl2clip.pipelines.replay import replay_proxy
+from crawl2clip.pipelines.sample_crawl import write_sample_crawl
+from crawl2clip.transforms.embeddings import list_parts, load_embeddings, read_metadata
+from tests.browser import chromium_page
+
+# Tiny images, every pair scored (books against a model trained on rendered shapes score low),
+# a small prune (19 unique pairs: 2 clusters, keep half).
+STAGE_FLAGS = ["--image-size", "64", "--shard-size", "8", "--tiny-clip",
+               "--min-similarity-en", "-1", "--min-similarity-multi", "-1"]
+PRUNE_FLAGS = ["--keep-fraction", "0.5", "--prune-clusters", "2", "--prune-neighbours", "1"]
+
+
+def _counters(run_dir: str) -> dict[str, int]:
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        return json.load(f)["counters"]
+
+
+def _download_table(download_dir: str):
+    """Every download row (the folder also holds the tars, so the parquet files are named)."""
+    files = sorted(os.path.join(download_dir, n) for n in os.listdir(download_dir) if n.endswith(".parquet"))
+    return pq.ParquetDataset(files).read()
+
+
+def _funnel(run_dir: str) -> dict[str, int]:
+    with open(os.path.join(run_dir, "report.json")) as f:
+        return {step["step"]: step["count"] for step in json.load(f)["funnel"]}
+
+
+@pytest.fixture(scope="module")
+def books(warc_dir):
+    return os.path.join(warc_dir, "books-toscrape.warc")
+
+
+@pytest.fixture(scope="module")
+def combined_run(books, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("combined") / "run")
+    with replay_proxy(books) as (proxy, _):
+        assert main(["run", "--input", books, "--output", run_dir, "--proxy", proxy, "--prune",
+                     *STAGE_FLAGS, *PRUNE_FLAGS]) == 0
+    return run_dir
+
+
+def test_counts_agree_between_report_metrics_and_files(combined_run):
+    funnel, counters = _funnel(combined_run), _counters(combined_run)
+    pairs = pq.read_table(os.path.join(combined_run, "extract", "pairs"))
+    downloads = _download_table(os.path.join(combined_run, "download"))
+    kept = read_metadata(os.path.join(combined_run, "score"))
+    pruned = pq.read_table(os.path.join(combined_run, "prune", "kept.parquet"))
+
+    assert funnel["candidates"] == pairs.num_rows == counters["extract:unique_pairs"] >= 19
+    downloaded = int(pc.sum(pc.equal(downloads.column("status"), "success")).as_py())
+    assert funnel["downloaded"] == downloaded == counters["download:images"] == pairs.num_rows
+    assert downloads.num_rows == pairs.num_rows  # every candidate has a download row
+    assert funnel["CLIP-kept"] == kept.num_rows == downloaded  # thresholds at -1: all kept
+    assert funnel["CLIP-kept"] == counters["score:kept"]
+    # keep fraction 0.5, exactly (SemDeDup removes less than half here)
+    assert funnel["kept by pruning"] == pruned.num_rows == counters["prune:kept"] == kept.num_rows // 2
+    assert set(pruned.column("uid").to_pylist()) <= set(kept.column("uid").to_pylist())
+    for part in list_parts(os.path.join(combined_run, "score")):
+        embeddings = load_embeddings(part.img_emb)
+        assert embeddings.shape[0] == pq.read_metadata(part.metadata).num_rows
+
+
+def test_stages_run_one_by_one_give_the_same_output(books, combined_run, tmp_path):
+    staged = str(tmp_path / "staged")
+    extract_dir, download_dir = os.path.join(staged, "extract"), os.path.join(staged, "download")
+    score_dir, prune_dir = os.path.join(staged, "score"), os.path.join(staged, "prune")
+    assert main(["extract", "--input", books, "--output", extract_dir]) == 0
+    with replay_proxy(books) as (proxy, _):
+        assert main(["download", "--input", os.path.join(extract_dir, "pairs", "*.parquet"),
+                     "--output", download_dir, "--proxy", proxy, *STAGE_FLAGS[:4]]) == 0
+    assert main(["score", "--input", download_dir, "--output", score_dir, *STAGE_FLAGS[4:]]) == 0
+    assert main(["prune", "--input", score_dir, "--output", prune_dir, *PRUNE_FLAGS]) == 0
+
+    def rows(table, columns):
+        return sorted(zip(*(table.column(c).to_pylist() for c in columns)))
+
+    for stage, columns in (("extract/pairs", ["uid", "URL", "TEXT", "LANGUAGE", "split"]),):
+        assert rows(pq.read_table(os.path.join(staged, stage)), columns) == \
+            rows(pq.read_table(os.path.join(combined_run, stage)), columns)
+    for name in sorted(os.listdir(download_dir)):
+        if name.endswith(".parquet"):
+            a = pq.read_table(os.path.join(download_dir, name))
+            b = pq.read_table(os.path.join(combined_run, "download", name))
+            assert rows(a, ["key", "uid", "status", "sha256"]) == rows(b, ["key", "uid", "status", "sha256"])
+    a, b = read_metadata(score_dir), read_metadata(os.path.join(combined_run, "score"))
+    assert a.column("uid").to_pylist() == b.column("uid").to_pylist()
+    assert a.column("similarity").to_pylist() == pytest.approx(b.column("similarity").to_pylist(), abs=1e-5)
+    assert sorted(pq.read_table(os.path.join(prune_dir, "kept.parquet")).column("uid").to_pylist()) == \
+        sorted(pq.read_table(os.path.join(combined_run, "prune", "kept.parquet")).column("uid").to_pylist())
+
+
+def test_report_page_renders_in_chromium(combined_run, tmp_path):
+    page = os.path.join(combined_run, "report.html")
+    with chromium_page("file://" + page) as driver:
+        assert driver.title == "crawl2clip run report"
+        assert driver.execute_script("return document.querySelectorAll('#funnel tr').length") > 3
+        broken = driver.execute_script(
+            "return [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)")
+        assert broken == []
+        cards = driver.execute_script("return document.querySelectorAll('#samples .card').length")
+        assert cards == len(read_metadata(os.path.join(combined_run, "score")))
+        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert severe == []
+        os.makedirs(os.path.join("output", "test-artifacts"), exist_ok=True)
+        driver.save_screenshot(str(tmp_path / "run-report.png"))
+        shutil.copy(tmp_path / "run-report.png", os.path.join("output", "test-artifacts", "run-report.png"))
+
+
+def _run_command(crawl: str, run_dir: str, proxy: str) -> list[str]:
+    return [sys.executable, "-m", "crawl2clip.pipelines.cli", "run", "--input", crawl, "--output", run_dir,
+            "--proxy", proxy, "--image-size", "64", "--shard-size", "20", "--tiny-clip"]
+
+
+def test_a_killed_run_resumes_to_the_same_output(tmp_path):
+    crawl = str(tmp_path / "sample.warc.gz")
+    write_sample_crawl(crawl, pages=60)
+    whole, resumed = str(tmp_path / "whole"), str(tmp_path / "resumed")
+    with replay_proxy(crawl) as (proxy, _):
+        subprocess.run(_run_command(crawl, whole, proxy), check=True, capture_output=True)
+        process = subprocess.Popen(_run_command(crawl, resumed, proxy), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 300
+        download_dir = os.path.join(resumed, "download")
+        while time.time() < deadline and process.poll() is None:
+            if os.path.isdir(download_dir) and any(n.endswith("_stats.json") for n in os.listdir(download_dir)):
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be killed part-way"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        assert not os.path.exists(os.path.join(resumed, "score", "_SUCCESS"))
+        subprocess.run(_run_command(crawl, resumed, proxy), check=True, capture_output=True)
+
+    for folder in ("extract/pairs", "score/metadata", "score/dropped"):
+        a, b = pq.read_table(os.path.join(whole, folder)), pq.read_table(os.path.join(resumed, folder))
+        assert sorted(a.column("uid").to_pylist()) == sorted(b.column("uid").to_pylist()), folder
+    names = sorted(n for n in os.listdir(os.path.join(whole, "download")) if n.endswith((".tar", ".parquet")))
+    assert names == sorted(n for n in os.listdir(os.path.join(resumed, "download")) if n.endswith((".tar", ".parquet")))
+    for name in names:
+        if name.endswith(".tar"):
+            with open(os.path.join(whole, "download", name), "rb") as a, \
+                    open(os.path.join(resumed, "download", name), "rb") as b:
+                assert a.read() == b.read(), name
