@@ -2,18 +2,19 @@
 
 No CLIP weights can be downloaded where crawl2clip is built and tested, yet the scoring stage,
 the content heads and the explorer need a model whose scores mean something. This trains one in
-a few CPU minutes on the rendered scenes of models/scenes.py (shapes, colours, counts,
-backgrounds), each scene drawn twice, clean and with a watermark its caption names, both in
-the same batch; a linear watermark probe on the image embedding adds its loss while training, so
-the embedding also carries "is there a watermark" (the probe itself is not kept). It is an
-open_clip `CLIP` like ViT-B-32, only small (48 px images, 8 px patches, 64-d embeddings), and
-loads through the same code as any checkpoint: `ClipSpec("crawl2clip-tiny", <path>.pt)`.
+about ten CPU minutes (one thread; bench/results/tiny_clip_train.json) on the rendered scenes of
+models/scenes.py (shapes, colours, backgrounds), each scene drawn twice, clean and with a
+watermark its caption names, both in the same batch; a linear watermark probe on the image
+embedding adds its loss while training, so the embedding also carries "is there a watermark"
+(the probe itself is not kept). It is an open_clip `CLIP` like ViT-B-32, only small (48 px
+images, 8 px patches, 64-d embeddings), and loads through the same code as any checkpoint:
+`ClipSpec("crawl2clip-tiny", <path>.pt)`.
 
     python -m crawl2clip.models.tiny_clip --output models/assets [--report bench/results/tiny_clip_train.json]
 
 Training is bitwise deterministic: fixed seeds, scenes that depend on (seed, index) only,
-`torch.use_deterministic_algorithms(True)`, and one thread (`THREADS`). The
-checkpoint is saved in float16 (half the size; the embeddings move by ~1e-3).
+`torch.use_deterministic_algorithms(True)`, and one thread (`THREADS`). The checkpoint is saved
+in float16 (half the size; the embeddings move by ~1e-3).
 """
 
 import argparse
@@ -28,6 +29,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from crawl2clip.models.clip import ClipSpec, load_clip
+from crawl2clip.models.heads import roc_auc
 from crawl2clip.models.scenes import render_example
 from crawl2clip.models.watermark import apply_watermark, random_watermark
 
@@ -185,8 +188,6 @@ def save(model: open_clip.CLIP, output: str) -> tuple[str, str]:
 def matched_vs_shuffled_auc(image_emb: np.ndarray, text_emb: np.ndarray) -> float:
     """ROC AUC of matched-pair similarities against each image with the caption half the rows
     away (another scene: rows 2k and 2k+1 are one scene, clean and watermarked)."""
-    from crawl2clip.models.heads import roc_auc
-
     matched = np.sum(image_emb * text_emb, axis=1)
     shuffled = np.sum(image_emb * np.roll(text_emb, len(text_emb) // 2, axis=0), axis=1)
     return roc_auc(np.r_[np.ones(len(matched)), np.zeros(len(shuffled))], np.r_[matched, shuffled])
@@ -210,9 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model, report = train(TrainConfig(steps=args.steps), progress=True)
     _, checkpoint = save(model, args.output)
-    from crawl2clip.models.clip import ClipSpec, load_clip  # the saved file, through the real loader
-
-    open_clip.add_model_config(args.output)
+    open_clip.add_model_config(args.output)  # the saved files, through the real loader
     loaded = load_clip(ClipSpec(MODEL_NAME, checkpoint, device="cpu"))
     report["held_out_auc"] = round(held_out_auc(loaded.encode_images, loaded.encode_texts), 4)
     report["checkpoint_bytes"] = os.path.getsize(checkpoint)

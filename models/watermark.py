@@ -132,6 +132,7 @@ def watermark_examples(seed: int, count: int, size: int = 96,
 def train_watermark_head(output: str, train_count: int = 3000, held_out_count: int = 1000) -> dict:
     """Fits the watermark head on the tiny CLIP's embeddings of rendered scenes and saves it to
     `output`; returns the report (held-out AUC on unseen scenes and unseen watermark words)."""
+    # imported here: the overlays above need no torch (the sample crawl draws them too)
     from crawl2clip.models.clip import load_clip, tiny_clip_spec
     from crawl2clip.models.heads import roc_auc, save_head, train_head
 

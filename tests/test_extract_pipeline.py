@@ -134,21 +134,6 @@ def test_invalid_options_fail_fast(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "metrics.json")
 
 
-def test_demo_builds_its_own_crawl(tmp_path):
-    assert main(["demo", "--output", str(tmp_path)]) == 0
-    rows = pq.read_table(str(tmp_path / "extract" / "pairs")).to_pylist()
-    texts = {r["TEXT"] for r in rows}
-    urls = {r["URL"] for r in rows}
-    assert len(rows) > 500
-    assert not any("not an image" in t for t in texts)  # from comments and scripts
-    assert any("/thumbs/" in u and "/gallery/" in u for u in urls)  # resolved against <base href>
-    assert any(u.startswith("https://cdn.") for u in urls)  # lazy data-src
-    assert not any(u.endswith((".svg", ".gif")) for u in urls)
-    assert "Hot-air balloons & a morning sky" in texts
-    logo = [r for r in rows if r["URL"].endswith("/static/logo.png")]
-    assert logo and all(r["occurrences"] > 1 for r in logo)
-
-
 def test_output_flag_never_reaches_beam_as_output():
     """Beam's option views abbreviate: a raw --output would become --output_executable_path on
     portable runners (the job server then writes its jar there instead of running the job)."""
