@@ -122,8 +122,9 @@ def test_bad_captions_go_to_nolang_without_crashing(tmp_path):
 
 
 def test_extract_adds_language_columns_and_counts_them(tmp_path):
-    output = tmp_path / "demo"
-    assert main(["demo", "--output", str(output)]) == 0
+    output = tmp_path / "sample"
+    assert main(["sample-crawl", "--output", str(output / "sample-crawl.warc.gz")]) == 0
+    assert main(["extract", "--input", str(output / "sample-crawl.warc.gz"), "--output", str(output / "extract")]) == 0
     rows = pq.read_table(str(output / "extract" / "pairs")).to_pylist()
     by_text = {r["TEXT"]: r for r in rows}
     assert by_text["Ein Hund spielt im Park mit einem Ball"]["LANGUAGE"] == "de"
