@@ -20,13 +20,16 @@ What it does (one run, ~2-5 minutes on a 2-core machine):
 4. Runs, all with image_size 256, resize_mode border, jpg, 1000 rows per shard, 2 processes:
      * img2dataset: --processes_count 2 --thread_count 64, proxy via http_proxy/HTTP_PROXY;
      * crawl2clip, Beam DirectRunner multi_processing, 2 workers (64 requests in flight each,
-       the default --max-concurrency, so 128 in flight like img2dataset's 2 x 64 threads);
-     * crawl2clip, the default in-process DirectRunner (1 worker, 64 in flight).
+       so 128 in flight like img2dataset's 2 x 64 threads);
+     * crawl2clip, the default in-process DirectRunner (1 worker, 128 in flight).
+   Each tool runs --repeats times (default 2), interleaved, optionally each run waiting for the
+   1-minute load average to fall under --max-load; the figures are medians.
    Measured per run: wall time, successes (sum of the `_stats.json` files), images/s =
    successes / wall, CPU seconds (user+sys of the whole tree, from RUSAGE_CHILDREN), and peak
    memory = the maximum over time of the SUM of RSS over the process tree (polling /proc every
    0.2 s for all descendants of the launched command; the server is not part of the tree), plus
-   the largest single-process RSS seen. The server counts the requests it answered per run.
+   the largest single-process RSS seen, and os.getloadavg() before and after. The server counts
+   the requests it answered per run.
 5. Outputs are checked: success counts, the overlap of succeeded URLs, and a few samples read back
    from each tar (decodes, 256x256, caption matches the input row).
 
@@ -46,6 +49,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -300,6 +304,7 @@ def _machine_busy():
 
 def run_measured(name, cmd, env, log_path, server, timeout):
     server.reset()
+    load_before = [round(v, 2) for v in os.getloadavg()]
     server_cpu0, (busy0, total0) = _proc_cpu_s(server.proc.pid), _machine_busy()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_path, "w") as log:
@@ -319,10 +324,12 @@ def run_measured(name, cmd, env, log_path, server, timeout):
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     server_cpu, (busy1, total1) = _proc_cpu_s(server.proc.pid) - server_cpu0, _machine_busy()
     machine_busy = (busy1 - busy0) / max(1, total1 - total0)
+    load_after = [round(v, 2) for v in os.getloadavg()]
     print(f"  {name}: rc={rc} wall={wall:.1f}s cpu={cpu:.1f}s peak_tree_rss={mem.peak_sum_kib / 1024:.0f} MiB "
-          f"server_cpu={server_cpu:.1f}s machine_busy={machine_busy:.0%}",
+          f"server_cpu={server_cpu:.1f}s machine_busy={machine_busy:.0%} load {load_before[0]} -> {load_after[0]}",
           flush=True)
     return {"command": cmd, "returncode": rc, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "loadavg_before": load_before, "loadavg_after": load_after,
             "peak_rss_tree_sum_mib": round(mem.peak_sum_kib / 1024, 1),
             "peak_rss_largest_process_mib": round(mem.peak_single_kib / 1024, 1),
             "max_live_processes": mem.peak_procs, "server_cpu_s": round(server_cpu, 2),
@@ -383,6 +390,26 @@ def read_back(out_dir, captions, n=5):
 # ----------------------------------------------------------------------------- main
 
 
+def wait_for_quiet(max_load, max_wait):
+    """Seconds waited until the 1-minute load average fell under max_load (the machine is shared)."""
+    t0 = time.monotonic()
+    while max_load and os.getloadavg()[0] >= max_load and time.monotonic() - t0 < max_wait:
+        time.sleep(5)
+    return round(time.monotonic() - t0, 1)
+
+
+_MEDIAN_KEYS = ("wall_s", "cpu_s", "images_per_s", "cpu_ms_per_image", "peak_rss_tree_sum_mib",
+                "peak_rss_largest_process_mib", "server_cpu_s", "machine_cpu_busy_fraction", "successes")
+
+
+def summarize(runs):
+    """Medians of a tool's runs, with every run kept under `runs`."""
+    ok = [r for r in runs if r["returncode"] == 0] or runs
+    medians = {key: round(statistics.median(r[key] for r in ok if r.get(key) is not None), 3) for key in _MEDIAN_KEYS}
+    medians["loadavg_1min_before_runs"] = [r["loadavg_before"][0] for r in runs]
+    return {**medians, "runs": runs}
+
+
 def ensure_img2dataset(skip_install):
     exe = os.path.join(I2D_VENV, "bin", "img2dataset")
     if not os.path.exists(exe) and not skip_install:
@@ -419,6 +446,10 @@ def main():
     ap.add_argument("--skip-install", action="store_true")
     ap.add_argument("--timeout", type=float, default=600, help="per-run limit in seconds")
     ap.add_argument("--only", nargs="*", help="run only these: img2dataset crawl2clip_mp crawl2clip_inprocess")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each tool, interleaved; medians are reported")
+    ap.add_argument("--max-load", type=float, default=0,
+                    help="before each run, wait until the 1-minute load average is under this (0: do not wait)")
+    ap.add_argument("--max-wait", type=float, default=600, help="longest wait for --max-load, seconds")
     args = ap.parse_args()
     if args.serve:
         serve(args.serve, max_seconds=3600)
@@ -449,40 +480,46 @@ def main():
         "crawl2clip_mp": ([c2c, "download", "--input", in_path, "--output-dir", os.path.join(WORK, "crawl2clip_mp"),
                            "--proxy", server.url, "--image-size", str(IMAGE_SIZE), "--resize-mode", RESIZE_MODE,
                            "--image-format", "jpg", "--shard-size", str(SHARD_SIZE),
-                           "--direct_running_mode", "multi_processing", "--direct_num_workers", str(PROCESSES)],
+                           "--max-concurrency", str(THREADS), "--direct_running_mode", "multi_processing", "--direct_num_workers", str(PROCESSES)],
                           base_env),
         "crawl2clip_inprocess": ([c2c, "download", "--input", in_path, "--output-dir",
                                   os.path.join(WORK, "crawl2clip_inprocess"), "--proxy", server.url,
                                   "--image-size", str(IMAGE_SIZE), "--resize-mode", RESIZE_MODE, "--image-format",
-                                  "jpg", "--shard-size", str(SHARD_SIZE)], base_env),
+                                  "jpg", "--shard-size", str(SHARD_SIZE),
+                                  "--max-concurrency", str(PROCESSES * THREADS)], base_env),
     }
-    results = {}
+    names = [name for name in runs if not args.only or name in args.only]
+    measured = {name: [] for name in names}
+    urls = {}
     try:
-        for name, (cmd, env) in runs.items():
-            if args.only and name not in args.only:
-                continue
-            r = run_measured(name, cmd, env, os.path.join(WORK, f"{name}.log"), server, args.timeout)
-            out_dir = cmd[cmd.index("--output_folder" if name == "img2dataset" else "--output-dir") + 1]
-            succ, total, statuses = shard_stats(out_dir)
-            r.update({"successes": succ, "rows_in_stats": total, "statuses": statuses,
-                      "images_per_s": round(succ / r["wall_s"], 1) if r["wall_s"] else None,
-                      "cpu_ms_per_image": round(1000 * r["cpu_s"] / succ, 2) if succ else None,
-                      "samples_read_back": read_back(out_dir, captions)})
-            r["_urls"] = succeeded_urls(out_dir, "URL")
-            print(f"    successes={succ}/{total} images/s={r['images_per_s']} server={r['server']}", flush=True)
-            results[name] = r
+        # Interleaved (A B C A B C ...), so a change in the machine's load hits every tool alike.
+        for repeat in range(args.repeats):
+            for name in names:
+                cmd, env = runs[name]
+                out_dir = cmd[cmd.index("--output_folder" if name == "img2dataset" else "--output-dir") + 1]
+                if os.path.exists(out_dir):
+                    shutil.rmtree(out_dir)
+                waited = wait_for_quiet(args.max_load, args.max_wait)
+                r = run_measured(name, cmd, env, os.path.join(WORK, f"{name}-{repeat}.log"), server, args.timeout)
+                succ, total, statuses = shard_stats(out_dir)
+                r.update({"repeat": repeat, "waited_for_load_s": waited, "successes": succ, "rows_in_stats": total,
+                          "statuses": statuses,
+                          "images_per_s": round(succ / r["wall_s"], 1) if r["wall_s"] else None,
+                          "cpu_ms_per_image": round(1000 * r["cpu_s"] / succ, 2) if succ else None,
+                          "samples_read_back": read_back(out_dir, captions)})
+                urls[name] = succeeded_urls(out_dir, "URL")
+                print(f"    successes={succ}/{total} images/s={r['images_per_s']} server={r['server']}", flush=True)
+                measured[name].append(r)
     finally:
         server.stop()
+    results = {name: summarize(rs) for name, rs in measured.items() if rs}
 
-    # comparability of the outputs
-    names = list(results)
+    # comparability of the outputs (of each tool's last run)
     overlap = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            ua, ub = results[a]["_urls"], results[b]["_urls"]
+            ua, ub = urls.get(a, set()), urls.get(b, set())
             overlap[f"{a}~{b}"] = {"both": len(ua & ub), f"only_{a}": len(ua - ub), f"only_{b}": len(ub - ua)}
-    for r in results.values():
-        del r["_urls"]
 
     def ratio(name, key):
         if name in results and "img2dataset" in results and results["img2dataset"].get(key):
@@ -508,14 +545,26 @@ def main():
                    "images": f"7 photos from {PHOTOS}, each as is and re-encoded at {UPSCALED_SIDE}px longer side "
                              "(q90), picked by sha1(URL) % 14", "robots.txt": "404 after the latency"},
         "settings": {**common, "processes": PROCESSES, "img2dataset_thread_count": THREADS,
-                     "crawl2clip_max_concurrency_per_worker": "default (64)",
+                     "crawl2clip_max_concurrency": {"crawl2clip_mp": f"{THREADS} per worker, {PROCESSES} workers",
+                                                    "crawl2clip_inprocess": f"{PROCESSES * THREADS}, one process"},
+                     "fairness": f"every tool gets the same input file, server, resize settings (image_size "
+                                 f"{IMAGE_SIZE}, {RESIZE_MODE}, jpg quality 95: both defaults) and budget: at most "
+                                 f"{PROCESSES} processes doing the work and {PROCESSES * THREADS} requests in flight "
+                                 f"(img2dataset: {PROCESSES} processes x {THREADS} threads; crawl2clip_mp: "
+                                 f"{PROCESSES} Beam workers x {THREADS}; crawl2clip_inprocess: one process, "
+                                 f"{PROCESSES * THREADS} in flight). crawl2clip also fetches every host's "
+                                 "robots.txt and checks X-Robots-Tag (img2dataset's header check is switched off), "
+                                 "so it makes more requests; its image threads are one per core "
+                                 "(os.cpu_count()) in each process",
+                     "repeats": f"{args.repeats} runs per tool, interleaved; per-tool figures are medians, "
+                                "comparisons are ratios of medians; os.getloadavg() before and after every run",
                      "memory": "peak over time of the sum of RSS over the launched process tree, /proc polled "
                                "every 0.2 s (server excluded); peak_rss_largest_process_mib is the largest "
                                "single process seen",
                      "cpu": "user+sys of the process tree (RUSAGE_CHILDREN delta); server_cpu_s is the "
                             "stand-in server's own, machine_cpu_busy_fraction all cores from /proc/stat"},
         "img2dataset_version": i2d_version,
-        "runs": results,
+        "results": results,
         "output_overlap_of_succeeded_urls": overlap,
         "target": "crawl2clip images/s >= 1.5x img2dataset's at equal or lower peak memory",
         "comparisons": comparisons,

@@ -3,7 +3,9 @@
 import asyncio
 import os
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -13,6 +15,8 @@ from crawl2clip.transforms.download.client import (
     Fetcher,
     backoff_delay,
     fetch_all,
+    _batch,
+    _OrderedSlots,
     fetch_batch,
     parse_retry_after,
 )
@@ -308,6 +312,72 @@ def test_fetcher_keeps_caches_across_batches(jpeg):
             assert len(fetcher.robots) == 1
     assert first[0].status == second[0].status == "success"
     assert server.paths() == ["/robots.txt", "/a.jpg", "/b.jpg"]
+
+
+def _many_hosts(host_names: list[str]):
+    """A resolver answering 127.0.0.1 for every name: many 'sites' on one test server."""
+    def resolver(host, port, type=0):
+        assert host in host_names
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+    return resolver
+
+
+def test_submit_returns_at_once_and_hands_each_body_to_then_on_the_executor(jpeg):
+    hosts = [f"{batch}{i}.test" for batch in "ab" for i in range(3)]
+    routes = {**ROBOTS_404, "/x.jpg": Reply(body=jpeg, delay=0.2)}
+    with scripted_server(routes) as server, ThreadPoolExecutor(2, thread_name_prefix="check") as pool:
+        with Fetcher(local(), resolver=_many_hosts(hosts)) as fetcher:
+            def then(result):
+                return result.url, result.status, result.data == jpeg, threading.current_thread().name
+
+            started = time.monotonic()
+            first = fetcher.submit([f"http://{h}:{server.port}/x.jpg" for h in hosts[:3]], then, pool)
+            second = fetcher.submit([f"http://{h}:{server.port}/x.jpg" for h in hosts[3:]], then, pool)
+            assert time.monotonic() - started < 0.1 and not first.done()
+            results = first.result(timeout=30) + second.result(timeout=30)
+    assert [(url, status, same) for url, status, same, _ in results] == [
+        (f"http://{h}:{server.port}/x.jpg", "success", True) for h in hosts]
+    assert all(thread.startswith("check") for *_, thread in results)
+    assert sorted(r.host.split(":")[0] for r in server.requests) == sorted(hosts * 2)  # robots.txt + image
+
+
+def test_ordered_slots_serve_the_earliest_batch_first_and_skip_cancelled_waiters():
+    async def scenario():
+        slots, order = _OrderedSlots(1), []
+        await slots.acquire()
+
+        async def take(batch: int, name: str):
+            _batch.set(batch)
+            await slots.acquire()
+            order.append(name)
+            await asyncio.sleep(0)
+            slots.release()
+
+        tasks = [asyncio.create_task(take(batch, name)) for batch, name in [(2, "b1"), (1, "a1"), (2, "b2"), (1, "a2")]]
+        cancelled = asyncio.create_task(take(0, "gone"))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        await asyncio.sleep(0.01)
+        slots.release()
+        await asyncio.gather(*tasks)
+        await slots.acquire()  # the cancelled waiter did not keep the slot
+        return order
+
+    assert asyncio.run(scenario()) == ["a1", "a2", "b1", "b2"]
+
+
+def test_submit_stops_fetching_while_then_falls_behind(jpeg):
+    """With `then` stuck, at most 2 x max_concurrency URLs are fetched: bodies cannot pile up."""
+    release = threading.Event()
+    with scripted_server({**ROBOTS_404, **{f"/{i}.jpg": Reply(body=jpeg) for i in range(8)}}) as server, \
+            ThreadPoolExecutor(8) as pool, Fetcher(local(max_concurrency=1)) as fetcher:
+        future = fetcher.submit([f"{server.url}/{i}.jpg" for i in range(8)], lambda r: release.wait(10) and r.ok, pool)
+        time.sleep(0.5)
+        fetched_while_stuck = [p for p in server.paths() if p.endswith(".jpg")]
+        release.set()
+        assert future.result(timeout=30) == [True] * 8
+    assert len(fetched_while_stuck) == 2
+    assert len([p for p in server.paths() if p.endswith(".jpg")]) == 8
 
 
 def test_async_api_and_empty_batch(jpeg):

@@ -8,6 +8,7 @@ import gc
 import io
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,6 +24,8 @@ from crawl2clip.transforms.download.shards import (
     finished_shards,
     retryable_rows,
     shard_key,
+    tar_end,
+    tar_member,
 )
 from crawl2clip.transforms.schema import CANDIDATE_SCHEMA, TEXT, URL, CandidateRow
 
@@ -317,3 +320,28 @@ def test_retryable_rows_are_exactly_the_retryable_failures(tmp_path, samples):
     retry_dir = tmp_path / "retry"
     _write(retry_dir, 0, [(row, None, "timeout", "again") for row in expected])
     assert retryable_rows(str(retry_dir), RETRYABLE) == expected
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [1, 511, 512, 513], [10_000, 7, 20_000], [512] * 19 + [1]])
+def test_tar_members_are_what_tarfile_writes(photo_bytes, sizes):
+    """The writer's own tar members and ending equal tarfile's output byte for byte."""
+    photo = b"".join(photo_bytes.values())
+    members = [(f"{shard_key(123456, i)}.{('jpg', 'txt', 'json', 'webp')[i % 4]}", photo[i : i + size])
+               for i, size in enumerate(sizes)]
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "bigdata", "bigdata"
+            tar.addfile(info, io.BytesIO(data))
+    ours = b"".join(tar_member(name, data) for name, data in members)
+    assert ours + tar_end(len(ours)) == expected.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(ours + tar_end(len(ours)))) as tar:
+        assert [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()] == members
+
+
+def test_tar_member_names_must_be_short_ascii():
+    with pytest.raises(ValueError):
+        tar_member("x" * 100, b"")
+    with pytest.raises(UnicodeEncodeError):
+        tar_member("\u00e9t\u00e9.jpg", b"")

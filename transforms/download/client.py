@@ -2,6 +2,7 @@
 
     with Fetcher(FetchOptions()) as fetcher:        # e.g. in a Beam DoFn's setup()
         results = fetcher.fetch_batch(urls)         # list[FetchResult], same order as `urls`
+        future = fetcher.submit(urls, then=check_and_resize, executor=pool)   # returns at once
 
     results = await fetch_all(urls, options)        # from async code
 
@@ -30,7 +31,9 @@ Decisions:
   protect anything) and in proxy-only networks names do not resolve locally at all. The SSRF
   guard for proxied names is the proxy's egress policy. What is still checked: check_url, and
   IP-literal targets (`http://10.0.0.5/`) against `is_public_address` (no DNS needed). The
-  proxy's own address is operator configuration and is trusted: it may be private.
+  proxy's own address is operator configuration and is trusted: it may be private. The
+  environment's proxies (and their ~/.netrc credentials) are read once per session; the session
+  itself does not trust the environment, so no request sends netrc credentials to an image host.
 * robots.txt is fetched once per scheme+host+port (concurrent URLs of one site wait for the same
   fetch), through the same session, guard, slots and timeouts, following up to 5 redirects,
   reading at most 500 KiB, never retried; the final status becomes a policy through
@@ -52,13 +55,20 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
+import heapq
+import itertools
 import random
 import socket
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urljoin, urlsplit
+from urllib.request import proxy_bypass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -80,6 +90,7 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 _ROBOTS_MAX_REDIRECTS = 5  # RFC 9309: follow at least five
 _SNIFF_BYTES = 256  # enough for every format sniff_image_format knows
 _CHUNK = 64 << 10
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -193,8 +204,11 @@ class AsyncFetcher:
         self._dns_pending: dict[str, asyncio.Future] = {}
         self._robots_pending: dict[str, asyncio.Future] = {}
         self._host_slots: dict[str, list] = {}  # host -> [semaphore, users]
-        self._global_slots: asyncio.Semaphore | None = None
+        self._global_slots: _OrderedSlots | None = None
+        self._url_slots: _OrderedSlots | None = None
+        self._batches = itertools.count()
         self._proxy_hosts: set[str] = set()
+        self._env_proxies: dict = {}
         if self.options.proxy:
             self._proxy_hosts.add((URL(self.options.proxy).host or "").lower())
 
@@ -209,14 +223,19 @@ class AsyncFetcher:
                 limit=o.max_concurrency + 8,
                 limit_per_host=0,  # our per-host slots decide
             )
+            # The environment's proxies are read here, once: aiohttp's own trust_env would look
+            # them (and ~/.netrc) up again in a thread for every request.
+            self._env_proxies = aiohttp.helpers.proxies_from_env() if o.trust_env and not o.proxy else {}
+            self._proxy_hosts.update((info.proxy.host or "").lower() for info in self._env_proxies.values())
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                trust_env=o.trust_env,
+                trust_env=False,
                 auto_decompress=False,
                 headers={"User-Agent": o.user_agent, "Accept-Encoding": "identity"},
                 timeout=aiohttp.ClientTimeout(total=o.total_timeout, connect=o.connect_timeout),
             )
-            self._global_slots = asyncio.Semaphore(o.max_concurrency)
+            self._global_slots = _OrderedSlots(o.max_concurrency)
+            self._url_slots = _OrderedSlots(2 * o.max_concurrency)
         return self._session
 
     async def aclose(self) -> None:
@@ -232,9 +251,27 @@ class AsyncFetcher:
 
     # -- public ------------------------------------------------------------------------------
 
-    async def fetch_all(self, urls: list[str]) -> list[FetchResult]:
+    async def fetch_all(self, urls: list[str], then: Callable[[FetchResult], T] | None = None,
+                        executor: Executor | None = None) -> list:
+        """Results in the order of `urls`. With `then`, each result is handed to `then` on
+        `executor` as soon as it arrives and its return value takes the result's place: CPU work on
+        the bodies (decoding, resizing) overlaps the network, and a body is dropped once used.
+        Then at most 2 x max_concurrency URLs are between their first request and the end of
+        `then`, so bodies cannot pile up in memory when the CPUs fall behind the network."""
         self._ensure_session()
-        return list(await asyncio.gather(*(self.fetch_one(url) for url in urls)))
+        _batch.set(next(self._batches))  # inherited by the tasks gather creates
+        if then is None:
+            return list(await asyncio.gather(*(self.fetch_one(url) for url in urls)))
+        loop = asyncio.get_running_loop()
+
+        async def fetch_then(url: str):
+            await self._url_slots.acquire()
+            try:
+                return await loop.run_in_executor(executor, then, await self.fetch_one(url))
+            finally:
+                self._url_slots.release()
+
+        return list(await asyncio.gather(*(fetch_then(url) for url in urls)))
 
     async def fetch_one(self, url: str) -> FetchResult:
         self._ensure_session()
@@ -268,14 +305,11 @@ class AsyncFetcher:
         """(proxy URL or None, proxy auth or None) the session will use for `url`."""
         if self.options.proxy:
             return self.options.proxy, None
-        if self.options.trust_env:
-            try:
-                proxy, auth = aiohttp.helpers.get_env_proxy_for_url(URL(url))
-            except LookupError:
-                return None, None
-            if proxy is not None and proxy.host:
-                self._proxy_hosts.add(proxy.host.lower())
-            return proxy, auth
+        if self._env_proxies:
+            parts = urlsplit(url)
+            info = self._env_proxies.get(parts.scheme.lower())
+            if info is not None and not proxy_bypass(parts.hostname or ""):
+                return info.proxy, info.proxy_auth
         return None, None
 
     async def _precheck(self, url: str) -> tuple:
@@ -463,6 +497,45 @@ class AsyncFetcher:
         return 301, b""  # still redirecting: as if there were no robots.txt
 
 
+# Which fetch_all call a request belongs to: the earlier call's requests get global slots first.
+_batch: contextvars.ContextVar[int] = contextvars.ContextVar("crawl2clip_fetch_batch", default=0)
+
+
+class _OrderedSlots:
+    """A semaphore that serves waiters from the earliest batch first (FIFO within a batch).
+
+    With a plain FIFO semaphore, a URL's image request, queued after its robots.txt request,
+    waits behind every request of the batches started since: a batch would finish only when the
+    later ones do. This keeps a worker's batches finishing in order, the next ones using the
+    slots the current one leaves free."""
+
+    def __init__(self, slots: int):
+        self._free = slots
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._arrivals = itertools.count()
+
+    async def acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (_batch.get(), next(self._arrivals), waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed a slot, then cancelled
+                self.release()
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = heapq.heappop(self._waiters)[2]
+            if not waiter.done():  # cancelled waiters are skipped
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
 class _Slots:
     """Per-host slot, then global slot; per-host semaphores are dropped when unused."""
 
@@ -555,9 +628,15 @@ class Fetcher:
         return self._async.robots
 
     def fetch_batch(self, urls: list[str]) -> list[FetchResult]:
+        return self.submit(urls).result()
+
+    def submit(self, urls: list[str], then: Callable[[FetchResult], T] | None = None,
+               executor: Executor | None = None) -> Future:
+        """Starts `AsyncFetcher.fetch_all(urls, then, executor)` and returns at once: a caller can
+        keep several batches in flight (the next one downloading while it writes the last)."""
         if self._closed:
             raise RuntimeError("Fetcher is closed")
-        return asyncio.run_coroutine_threadsafe(self._async.fetch_all(list(urls)), self._loop).result()
+        return asyncio.run_coroutine_threadsafe(self._async.fetch_all(list(urls), then, executor), self._loop)
 
     def close(self) -> None:
         if self._closed:

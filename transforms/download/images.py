@@ -180,7 +180,8 @@ def process_image(data: bytes, spec: ResizeSpec) -> ProcessedImage:
         if min(width, height) < spec.min_image_size:
             raise ImageRejected("too_small", f"{width}x{height}")
         try:
-            swapped = _exif_orientation(image) in _TRANSPOSING_ORIENTATIONS
+            orientation = _exif_orientation(image)
+            swapped = orientation in _TRANSPOSING_ORIENTATIONS
             original_width, original_height = (height, width) if swapped else (width, height)
             size = target_size(original_width, original_height, spec)
             if size is not None and source_format == "jpeg":
@@ -189,7 +190,8 @@ def process_image(data: bytes, spec: ResizeSpec) -> ProcessedImage:
                 # download is this decode.
                 image.draft(None, (size[1], size[0]) if swapped else size)
             image.load()  # first frame of animations
-            image = _oriented(image)
+            if orientation != 1:  # exif_transpose copies even an upright image
+                image = _oriented(image)
             image = _to_rgb(image)
             image = _resize(image, spec, size)
             encoded = _encode(image, spec)

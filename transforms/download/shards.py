@@ -26,15 +26,16 @@ Determinism: given the same rows in the same order and the same image bytes, a r
 byte-identical tar (fixed mtime/owner/mode in every member header, JSON with a fixed key order)
 and an equal parquet table. Only the stats' timings differ.
 
-Only the standard library (`tarfile`, `json`, `os`) and pyarrow are used; paths are local.
+Only the standard library (`json`, `os`, `struct`) and pyarrow are used; paths are local. The tar
+is written directly (`tar_member`, `TAR_END`), byte for byte what `tarfile` writes for these
+members but without its per-member Python: a shard holds three members per image.
 """
 
-import io
 import json
 import os
 import re
 import secrets
-import tarfile
+import struct
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -74,8 +75,39 @@ OUTPUT_COLUMNS = tuple(field.name for field in OUTPUT_FIELDS)
 _TAR_MTIME = 0  # fixed, so reruns are byte-identical
 _TAR_MODE = 0o444
 _TAR_OWNER = "bigdata"  # what webdataset's TarWriter (and so img2dataset) puts there
+_TAR_BLOCK = 512
+_TAR_RECORD = 20 * _TAR_BLOCK  # tarfile pads the archive to whole records
+_TAR_FIXED = {  # the ustar header fields after name and mode that never change here
+    "ids": b"0000000\0" * 2,  # uid, gid
+    "mtime": b"%011o\0" % _TAR_MTIME,
+    "owner": (_TAR_OWNER.encode("ascii").ljust(32, b"\0")) * 2,  # uname, gname
+}
+TAR_END = b"\0" * (2 * _TAR_BLOCK)  # two zero blocks end the archive
 _STATS_RE = re.compile(r"^(\d+)_stats\.json$")
 _TMP_SUFFIX = ".tmp"
+
+
+# ---------------------------------------------------------------- tar members
+
+
+def tar_member(name: str, data: bytes) -> bytes:
+    """A regular-file tar member (ustar header, data, padding) with the fixed mode, mtime and
+    owner of every member here; `name` must be ASCII and under 100 bytes (keys and extensions)."""
+    raw = name.encode("ascii")
+    if len(raw) >= 100:
+        raise ValueError(f"tar member name too long: {name!r}")
+    header = b"".join((
+        raw.ljust(100, b"\0"), b"%07o\0" % _TAR_MODE, _TAR_FIXED["ids"], b"%011o\0" % len(data),
+        _TAR_FIXED["mtime"], b"        ", b"0", b"\0" * 100, b"ustar\x0000", _TAR_FIXED["owner"],
+    )).ljust(_TAR_BLOCK, b"\0")
+    checksum = sum(header)  # the checksum field counts as spaces
+    header = header[:148] + b"%06o\0 " % checksum + header[156:]
+    return header + data + b"\0" * (-len(data) % _TAR_BLOCK)
+
+
+def tar_end(size_so_far: int) -> bytes:
+    """What closes a tar of `size_so_far` bytes: two zero blocks, then zeros to a whole record."""
+    return TAR_END + b"\0" * (-(size_so_far + len(TAR_END)) % _TAR_RECORD)
 
 
 # ---------------------------------------------------------------- shard planning
@@ -217,7 +249,7 @@ class ShardWriter:
         self._stats_tmp = f"{self.stats_path}.{token}{_TMP_SUFFIX}"
 
         self._tar_file = open(self._tar_tmp, "wb")
-        self._tar = tarfile.open(fileobj=self._tar_file, mode="w", format=tarfile.PAX_FORMAT)
+        self._tar_size = 0
         self._records: list[dict[str, Any]] = []
         self._status_counts: Counter = Counter()
         self._image_bytes = 0
@@ -288,12 +320,9 @@ class ShardWriter:
         return key
 
     def _add_member(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = _TAR_MTIME
-        info.mode = _TAR_MODE
-        info.uname = info.gname = _TAR_OWNER
-        self._tar.addfile(info, io.BytesIO(data))
+        member = tar_member(name, data)
+        self._tar_file.write(member)
+        self._tar_size += len(member)
 
     # -- finishing
 
@@ -335,7 +364,7 @@ class ShardWriter:
             raise ValueError("the shard writer is closed")
         self._closed = True
         try:
-            self._tar.close()
+            self._tar_file.write(tar_end(self._tar_size))
             self._finish_file(self._tar_file)
             pq.write_table(self.table(), self._parquet_tmp)
             if self._fsync:
@@ -361,10 +390,6 @@ class ShardWriter:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._tar.close()
-        except Exception:
-            pass
         self._tar_file.close()
         self._remove_temporary()
 
