@@ -22,6 +22,7 @@ Every command also takes `--config FILE` (YAML/JSON, keys are the option names).
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -30,7 +31,7 @@ import time
 
 from crawl2clip.pipelines.config import ConfigError, expand_config_flag
 from crawl2clip.pipelines.download import build_download
-from crawl2clip.pipelines.extract import build_extract
+from crawl2clip.pipelines.extract import build_extract, input_patterns
 from crawl2clip.pipelines.index import build_index
 from crawl2clip.pipelines.options import Crawl2ClipOptions, output_flag_to_output_dir
 from crawl2clip.pipelines.progress import ProgressDisplay
@@ -65,8 +66,11 @@ def _print_report(report: dict, outputs: dict[str, str]) -> None:
         print(f"{label + ':':<17}{path}")
 
 
-def _run_stage(command: str, description: str, argv: list[str], validate, build, outputs) -> int:
-    """The shared life of a stage command: help, options, fail-fast checks, run, report."""
+def _run_stage(command: str, description: str, argv: list[str], validate, build, outputs,
+               progress=None, finish=None) -> int:
+    """The shared life of a stage command: help, options, fail-fast checks, run, report.
+    `progress(options)` gives a display to show while the job runs; `finish(options, report)`
+    does what comes after it and returns more outputs to print."""
     if "-h" in argv or "--help" in argv:
         _stage_help(command, description)
         return 0
@@ -77,11 +81,13 @@ def _run_stage(command: str, description: str, argv: list[str], validate, build,
         print(f"crawl2clip {command}: " + "; ".join(problems), file=sys.stderr)
         return 2
     try:
-        report = run_pipeline(options, lambda p: build(p, stage), stage.output_dir)
+        with progress(stage) if progress else contextlib.nullcontext():
+            report = run_pipeline(options, lambda p: build(p, stage), stage.output_dir)
     except (PipelineFailed, ValueError) as exc:
         print(f"crawl2clip {command}: {exc}", file=sys.stderr)
         return 1
-    _print_report(report, outputs(stage.output_dir))
+    more = finish(stage, report) if finish else {}
+    _print_report(report, {**outputs(stage.output_dir), **more})
     return 0
 
 
@@ -231,37 +237,33 @@ def run(argv: list[str]) -> int:
 
 def run_end_to_end(argv: list[str]) -> int:
     """Every stage as one Beam pipeline into DIR, with a progress line and the run report."""
-    description = ("Run every stage as one pipeline: extract, language, download, CLIP score and "
-                   "content tags, optionally SemDeDup + DBP prune; write the run report.")
-    if "-h" in argv or "--help" in argv:
-        _stage_help("run", description)
-        return 0
-    options = Crawl2ClipOptions(with_default_runner(output_flag_to_output_dir(argv)))
-    stage = options.view_as(Crawl2ClipOptions)
-    problems = stage.validate_run()
-    if problems:
-        print("crawl2clip run: " + "; ".join(problems), file=sys.stderr)
-        return 2
-    # Imported here: torch, open_clip and faiss take seconds to import.
-    from crawl2clip.pipelines.end_to_end import build_end_to_end, split_metrics_by_stage, stage_dir
-    from crawl2clip.pipelines.extract import input_patterns
-    from crawl2clip.pipelines.report import write_report
+    # Imported only once the options are checked: torch, open_clip and faiss take seconds.
+    def build(pipeline, stage: Crawl2ClipOptions) -> None:
+        from crawl2clip.pipelines.end_to_end import build_end_to_end
+        build_end_to_end(pipeline, stage)
 
-    out = stage.output_dir
-    display = ProgressDisplay({stage: stage_dir(out, stage) for stage in ("extract", "download", "score")},
-                              os.path.join(stage_dir(out, "extract"), PROGRESS_FOLDER),
-                              total_files=len(input_patterns(stage)), shard_size=stage.shard_size)
-    try:
-        with display:
-            report = run_pipeline(options, lambda p: build_end_to_end(p, stage), out)
-    except (PipelineFailed, ValueError) as exc:
-        print(f"crawl2clip run: {exc}", file=sys.stderr)
-        return 1
-    split_metrics_by_stage(out, report)
-    shutil.rmtree(os.path.join(stage_dir(out, "extract"), PROGRESS_FOLDER), ignore_errors=True)
-    _print_report(report, {"Run folder": out, "Metrics": os.path.join(out, "metrics.json")})
-    print(f"Report:          {write_report(out)}")
-    return 0
+    def progress(stage: Crawl2ClipOptions) -> ProgressDisplay:
+        from crawl2clip.pipelines.end_to_end import stage_dir
+
+        out = stage.output_dir
+        return ProgressDisplay({name: stage_dir(out, name) for name in ("extract", "download", "score")},
+                               os.path.join(stage_dir(out, "extract"), PROGRESS_FOLDER),
+                               total_files=len(input_patterns(stage)), shard_size=stage.shard_size)
+
+    def finish(stage: Crawl2ClipOptions, report: dict) -> dict[str, str]:
+        from crawl2clip.pipelines.end_to_end import split_metrics_by_stage
+        from crawl2clip.pipelines.report import write_report
+
+        split_metrics_by_stage(stage.output_dir, report)
+        shutil.rmtree(os.path.join(stage.output_dir, "extract", PROGRESS_FOLDER), ignore_errors=True)
+        return {"Report": write_report(stage.output_dir)}
+
+    return _run_stage(
+        "run", "Run every stage as one pipeline: extract, language, download, CLIP score and content "
+               "tags, optionally SemDeDup + DBP prune; write the run report.", argv,
+        Crawl2ClipOptions.validate_run, build,
+        lambda out: {"Run folder": out, "Metrics": os.path.join(out, "metrics.json")},
+        progress=progress, finish=finish)
 
 
 def report(argv: list[str]) -> int:

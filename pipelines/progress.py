@@ -29,10 +29,17 @@ def _eta(done: float, total: float | None, elapsed: float) -> str:
 
 
 class _ShardTotals:
-    """Successes of the finished download shards, reading each stats file once."""
+    """Successes of the finished download shards, reading each stats file once; and the number
+    of shards to expect, read once when extract has finished."""
 
     def __init__(self):
         self.seen: dict[str, int] = {}
+        self.expected: int | None = None
+
+    def expected_shards(self, extract_dir: str | None, shard_size: int | None) -> int | None:
+        if self.expected is None:
+            self.expected = _expected_shards(extract_dir, shard_size)
+        return self.expected
 
     def update(self, download_dir: str) -> tuple[int, int]:
         for path in glob.glob(os.path.join(download_dir, "*_stats.json")):
@@ -65,7 +72,7 @@ def describe(stage_dirs: dict[str, str], progress_dir: str, elapsed: float, shar
                      + _eta(extract["files"], total_files, elapsed))
     if "download" in stage_dirs:
         shards, images = shard_totals.update(stage_dirs["download"])
-        expected = _expected_shards(stage_dirs.get("extract"), shard_size)
+        expected = shard_totals.expected_shards(stage_dirs.get("extract"), shard_size)
         if shards:
             parts.append(f"download: {shards}" + (f"/{expected}" if expected else "")
                          + f" shards, {images:,} images ({images / max(elapsed, 1e-9):.0f}/s)")

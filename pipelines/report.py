@@ -55,6 +55,12 @@ def _stage_metrics(run_dir: str, stage: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
+def _rows(*tables: pa.Table | None) -> int | None:
+    """Rows of the tables that exist; None when none does (the stage has not run)."""
+    present = [table.num_rows for table in tables if table is not None]
+    return sum(present) if present else None
+
+
 def _numbers(table: pa.Table | None, column: str) -> list[float]:
     if table is None or column not in table.column_names:
         return []
@@ -94,8 +100,8 @@ def collect(run_dir: str) -> dict[str, Any]:
     funnel = []
     if pairs is not None:
         funnel.append(("candidates", pairs.num_rows))
-        for split in ("en", "multi", "nolang"):
-            funnel.append((f"split {split}", _value_counts(pairs, "split").get(split, 0)))
+        splits = _value_counts(pairs, "split")
+        funnel += [(f"split {split}", splits.get(split, 0)) for split in ("en", "multi", "nolang")]
     if downloads is not None:
         funnel.append(("downloaded", statuses.get("success", 0)))
     if kept is not None:
@@ -113,11 +119,8 @@ def collect(run_dir: str) -> dict[str, Any]:
         if metrics is not None:
             stages[stage] = {"seconds": metrics.get("seconds"), "runner": metrics.get("runner"),
                              "counters": metrics.get("counters", {})}
-    rows_out = {"extract": pairs.num_rows if pairs is not None else None,
-                "download": downloads.num_rows if downloads is not None else None,
-                "score": (kept.num_rows if kept is not None else 0) + (dropped.num_rows if dropped is not None else 0)
-                if kept is not None or dropped is not None else None,
-                "prune": pruned.num_rows if pruned is not None else None}
+    rows_out = {"extract": _rows(pairs), "download": _rows(downloads), "score": _rows(kept, dropped),
+                "prune": _rows(pruned)}
     for stage, info in stages.items():
         rows = rows_out.get(stage)
         info["rows"] = rows

@@ -26,12 +26,11 @@ from crawl2clip.explorer.server import MAX_BODY_BYTES, create_app
 from crawl2clip.explorer.subset import main as subset_main
 from crawl2clip.pipelines.cli import main as cli_main
 from crawl2clip.transforms.index.store import IndexStore
+from tests.browser import chromium_page
 from tests.test_index_data import DATA, build_score_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = os.path.join(ROOT, "output", "test-artifacts")
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 def _free_port() -> int:
@@ -246,25 +245,13 @@ def test_serve_refuses_a_folder_that_is_no_index(built, capsys):
 
 
 def test_the_page_in_headless_chromium(server, built, tmp_path):
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip("Debian's chromium and chromedriver are not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    wait = WebDriverWait(driver, 30)
-    try:
-        driver.get(server["url"] + "/")
+    with chromium_page(server["url"] + "/", download_dir=str(downloads)) as driver:
+        wait = WebDriverWait(driver, 30)
         wait.until(lambda d: "pairs" in d.find_element(By.ID, "index-summary").text)
         driver.find_element(By.ID, "dedup").click()  # tiny test models see many images as alike
         driver.find_element(By.ID, "query").send_keys("a kitten")
@@ -299,8 +286,6 @@ def test_the_page_in_headless_chromium(server, built, tmp_path):
         assert exported["query"].to_pylist() == ["a kitten"] * exported.num_rows
         assert sorted(rows) == sorted(
             [r for r, row in enumerate(built["rows"]) if row["uid"] in set(exported["uid"].to_pylist())])
-    finally:
-        driver.quit()
 
 
 def test_filters_never_pass_nulls_and_combine_with_and():
