@@ -65,6 +65,10 @@ setup(
         # torch from PyPI is the CUDA build on Linux: the same wheel runs on CPU and GPU workers.
         "torch>=2.2",
         "open_clip_torch>=2.24,<4",
+        # Hugging Face text encoders: open_clip's xlm-roberta towers and M-CLIP-style text towers.
+        "transformers>=5,<6",
+        # LAION's watermark detector is a timm EfficientNet-B3a.
+        "timm>=1.0",
         "faiss-cpu>=1.8",
         "matplotlib>=3.8",
         "fastapi>=0.110",
@@ -74,7 +78,7 @@ setup(
         "joblib<1.6",
     ],
     extras_require={
-        "test": ["pytest>=8", "selectolax>=1.0", "requests>=2.31", "webdataset>=1.0", "selenium>=4.20",
+        "test": ["pytest>=8", "hypothesis>=6.100", "selectolax>=1.0", "requests>=2.31", "webdataset>=1.0", "selenium>=4.20",
                  "scikit-learn>=1.4"],
         "aws": ["apache-beam[aws]==2.62.0"],
         "gcp": ["apache-beam[gcp]==2.62.0"],
