@@ -1,21 +1,32 @@
-"""Queries against an index: encoding them with the index's CLIP, searching with filters, and
-dropping near-duplicate results. Shared by the server and `crawl2clip subset`."""
+"""Queries against an index: encoding them with the index's towers, searching with filters, and
+dropping near-duplicate results. Shared by the server and `crawl2clip subset`.
+
+A text query is encoded by the text tower of its language, as the captions were: English by the
+CLIP's own, other languages by the index's multilingual tower when it has one (M-CLIP, in the
+same space). The language is the caller's `lang`, else fastText's (the language stage's rules).
+"""
 
 import io
+import re
+from functools import cached_property
 
 import numpy as np
 from PIL import Image
 
 from crawl2clip.models.clip import ClipSpec, load_clip
+from crawl2clip.models.mclip import MClipSpec, load_mclip
 from crawl2clip.transforms.download.images import sniff_image_format
 from crawl2clip.transforms.index.search import remove_near_duplicates
 from crawl2clip.transforms.index.store import IndexStore
+from crawl2clip.transforms.language import DEFAULT_THRESHOLD, language_text, split_of
+from crawl2clip.transforms.score.settings import EN, MULTI, route_of
 
 MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_UPLOAD_PIXELS = 40_000_000
 UPLOAD_FORMATS = ("jpeg", "png", "webp")
 DEDUP_THRESHOLD = 0.96  # cosine between image embeddings above which results count as copies
 DEDUP_FETCH = 3  # results fetched per result wanted when duplicates are removed
+LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}$")
 
 
 class QueryError(ValueError):
@@ -23,7 +34,8 @@ class QueryError(ValueError):
 
 
 class QueryEncoder:
-    """The CLIP named in index_info.json, loaded once, encoding texts and uploaded images."""
+    """The CLIP named in index_info.json (images, English text) and the multilingual text tower
+    it names (other languages), loaded once."""
 
     def __init__(self, store: IndexStore, device: str = "auto"):
         clip = store.info.get("clip")
@@ -33,9 +45,41 @@ class QueryEncoder:
         self.model = load_clip(ClipSpec(model=clip["model"], pretrained=clip.get("pretrained"), device=device))
         if self.model.embed_dim != store.dim:
             raise ValueError(f"{clip['model']} makes {self.model.embed_dim}-d embeddings, the index holds {store.dim}-d")
+        multi = (clip.get("text_towers") or {}).get(MULTI) or {}
+        self.towers = {EN: self.model, MULTI: self.model}
+        if multi.get("kind") == "m-clip":
+            self.towers[MULTI] = load_mclip(MClipSpec(multi["source"], device=device))
+            if self.towers[MULTI].embed_dim != store.dim:
+                raise ValueError(f"{multi['source']} makes {self.towers[MULTI].embed_dim}-d embeddings, "
+                                 f"the index holds {store.dim}-d")
 
-    def texts(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode_texts(texts)
+    @cached_property
+    def _language_model(self):
+        from crawl2clip.models.langid import FastTextLanguageModel
+
+        return FastTextLanguageModel()
+
+    def route(self, text: str, lang: str | None = None) -> str:
+        """Which text tower encodes `text`: `en` or `multi`, from `lang` when given, else from
+        the language fastText finds (a query that carries none is `nolang`: multi)."""
+        if lang is not None:
+            if not LANGUAGE_CODE.match(lang):
+                raise QueryError(f"lang {lang!r}: give an ISO 639 code such as en, de, fr")
+            return EN if lang == EN else MULTI
+        line, _ = language_text(text)
+        if line is None:
+            return MULTI
+        language, score = self._language_model.predict([line])[0]
+        return route_of(split_of(language, score, DEFAULT_THRESHOLD))
+
+    def texts(self, texts: list[str], lang: str | None = None) -> np.ndarray:
+        """Unit-length embeddings of text queries, each by its language's tower."""
+        routes = [self.route(text, lang) for text in texts]
+        out = np.zeros((len(texts), self.model.embed_dim), np.float32)
+        for route in set(routes):
+            rows = [i for i, r in enumerate(routes) if r == route]
+            out[rows] = self.towers[route].encode_texts([texts[i] for i in rows])
+        return out
 
     def image(self, data: bytes) -> np.ndarray:
         return self.model.encode_images(self.model.preprocess_images([decode_upload(data)]))[0]

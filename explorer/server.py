@@ -9,8 +9,9 @@
     GET  /openapi.json          the schema (no /docs: Swagger UI would load from a CDN)
 
 Safe by default: binds 127.0.0.1; every parameter is validated (4xx with a message); request
-bodies are capped; uploads are sniffed by their bytes; nothing is read outside INDEX_DIR (rows are
-addressed by number, thumbnails come from one packed file there).
+bodies are capped as they arrive, chunked or not (explorer/body_limit.py); uploads are sniffed
+by their bytes; nothing is read outside INDEX_DIR (rows are addressed by number, thumbnails come
+from one packed file there).
 """
 
 import argparse
@@ -33,6 +34,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 
+from crawl2clip.explorer.body_limit import BodyLimit
 from crawl2clip.explorer.filters import MAX_FILTERS, Filter, FilterError, allowed_rows, parse_filters
 from crawl2clip.explorer.query import (
     DEDUP_THRESHOLD,
@@ -60,6 +62,8 @@ class Query(BaseModel):
     """What to look for (at most one of text, row, vector) and which rows may answer."""
     model_config = {"extra": "forbid"}
     text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, description="text -> image search")
+    lang: str | None = Field(None, pattern=r"^[a-z]{2,3}$",
+                             description="the text's language (ISO 639; default: detected): picks its text tower")
     row: int | None = Field(None, ge=0, description="image -> image search from an indexed row")
     vector: list[float] | None = Field(None, max_length=4096, description="a query embedding")
     k: int = Field(40, ge=1, le=MAX_K)
@@ -118,7 +122,7 @@ class Explorer:
         if query.text is not None:
             if self.encoder is None:
                 raise QueryError("this server has no query model: text search is off")
-            return self.encoder.texts([query.text])[0]
+            return self.encoder.texts([query.text], query.lang)[0]
         if query.row is not None:
             return row_query(self.store, query.row)
         if query.vector is not None:
@@ -189,12 +193,7 @@ def create_app(store: IndexStore, encoder: QueryEncoder | None) -> FastAPI:
     async def _filter(request: Request, exc: FilterError):
         return _error(400, str(exc))
 
-    @app.middleware("http")
-    async def _cap_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error(413, f"request bodies are limited to {MAX_BODY_BYTES:,} bytes")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     @app.get("/", include_in_schema=False)
     def page():

@@ -3,6 +3,9 @@ high-resolution or low-punsafe subset), or the neighbours of queries.
 
     crawl2clip subset --index INDEX_DIR --filter 'punsafe<0.1' --filter 'WIDTH>=1024' --output safe-hd.parquet
     crawl2clip subset --index INDEX_DIR --query 'a red car' --query 'a cat' --k 100 --output cars-cats.parquet
+    crawl2clip subset --index INDEX_DIR --all --output everything.parquet
+
+A query or a filter is required; exporting every row takes an explicit --all.
 
 Rows keep every metadata column of the index; query subsets add `query` and `query_similarity`.
 A row found by several queries appears once, for the query it is most similar to.
@@ -46,11 +49,27 @@ def neighbour_rows(store: IndexStore, vectors: np.ndarray, queries: list[str], k
 
 
 def write_subset(table: pa.Table, path: str) -> None:
+    """Writes the parquet file whole or not at all (a temporary file renamed into place, removed
+    when anything fails)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     temporary = f"{path}.{os.getpid()}.tmp"
-    pq.write_table(table, temporary)
-    os.replace(temporary, path)
+    try:
+        pq.write_table(table, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def output_problem(path: str) -> str | None:
+    """Why --output cannot take the subset file (None when it can)."""
+    if os.path.isdir(path):
+        return f"--output {path}: a folder is there; give a file name (e.g. {os.path.join(path, 'subset.parquet')})"
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        return f"--output {path}: {directory} is a file, not a folder"
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,13 +86,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-dedup", action="store_true", help="keep near-duplicate neighbours")
     parser.add_argument("--search", choices=("image", "text"), default="image",
                         help="search image embeddings (default) or caption embeddings (needs --index-text)")
+    parser.add_argument("--lang", default=None, metavar="CODE",
+                        help="the text queries' language (ISO 639), which picks their text tower (default: detected)")
     parser.add_argument("--device", default="auto", help="device of the query encoder (default: %(default)s)")
+    parser.add_argument("--all", action="store_true",
+                        help="with no query and no filter: export every row (up to --limit)")
     parser.add_argument("--output", required=True, metavar="FILE.parquet")
     return parser
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not (args.query or args.query_file or args.query_image or args.filter or args.all):
+        parser.error("give --query, --query-file, --query-image or --filter (or --all for every row)")
+    if problem := output_problem(args.output):
+        parser.error(problem)
     try:
         store = IndexStore(args.index)
         if not 1 <= args.k <= MAX_K:
@@ -89,7 +117,7 @@ def main(argv: list[str]) -> int:
                 texts += [line.strip() for line in f if line.strip()]
         if texts or args.query_image:
             encoder = QueryEncoder(store, args.device)
-            vectors = [encoder.texts(texts)] if texts else []
+            vectors = [encoder.texts(texts, args.lang)] if texts else []
             for path in args.query_image:
                 with open(path, "rb") as f:
                     vectors.append(encoder.image(f.read())[None, :])
@@ -100,6 +128,10 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:  # FilterError, QueryError, bad index, unreadable file
         print(f"crawl2clip subset: {exc}", file=sys.stderr)
         return 2
-    write_subset(table, args.output)
+    try:
+        write_subset(table, args.output)
+    except OSError as exc:
+        print(f"crawl2clip subset: --output {args.output}: cannot write it ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     print(f"{table.num_rows:,} rows -> {args.output}")
     return 0

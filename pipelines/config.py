@@ -4,9 +4,11 @@ Keys are the options' own names, with dashes or underscores (`image-size: 256` i
 `--image-size 256`), so every option has one name on the command line and in the file; Beam
 runner options work too (`runner: FlinkRunner`). `true` turns a switch on, `false` leaves it off,
 a list gives several values. Flags on the command line come after the file's, so they win.
+A key that is no option of the command is an error, as a misspelt flag is.
 """
 
 import os
+from collections.abc import Callable
 
 import yaml
 
@@ -53,8 +55,9 @@ def read_config(path: str) -> dict:
     return config
 
 
-def expand_config_flag(argv: list[str]) -> list[str]:
-    """argv with `--config FILE` (or `--config=FILE`) replaced by the file's options, placed first."""
+def expand_config_flag(argv: list[str], check: Callable[[list[str]], None] | None = None) -> list[str]:
+    """argv with `--config FILE` (or `--config=FILE`) replaced by the file's options, placed first.
+    `check(flags)` vets each file's flags (raising ValueError for an unknown key)."""
     rest, files = [], []
     args = iter(argv)
     for arg in args:
@@ -67,5 +70,12 @@ def expand_config_flag(argv: list[str]) -> list[str]:
             files.append(arg.split("=", 1)[1])
         else:
             rest.append(arg)
-    flags = [flag for path in files for flag in config_to_flags(read_config(path))]
+    flags = []
+    for path in files:
+        flags += config_to_flags(read_config(path))
+        if check is not None:
+            try:
+                check(flags)
+            except ValueError as exc:
+                raise ConfigError(f"{CONFIG_FLAG} {path}: {exc}") from None
     return flags + rest

@@ -112,7 +112,8 @@ def test_redirect_loop_is_cut(jpeg):
     with scripted_server(routes) as server:
         [result] = fetch_batch([server.url + "/a.jpg"], local(max_redirects=3))
     assert result.status == "too_many_redirects" and result.attempts == 1
-    assert len([p for p in server.paths() if p != "/robots.txt"]) == 4  # the first request + 3 hops
+    policy_files = ("/robots.txt", "/.well-known/tdmrep.json")
+    assert len([p for p in server.paths() if p not in policy_files]) == 4  # the first request + 3 hops
 
 
 def test_redirect_is_followed(jpeg):
@@ -210,7 +211,7 @@ def test_robots_404_allows_and_robots_500_disallows(jpeg):
 
 def test_respect_robots_false_skips_robots(jpeg):
     with scripted_server({"/robots.txt": Reply(500), "/a.jpg": Reply(body=jpeg)}) as server:
-        [result] = fetch_batch([server.url + "/a.jpg"], local(respect_robots=False))
+        [result] = fetch_batch([server.url + "/a.jpg"], local(respect_robots=False, respect_tdmrep=False))
     assert result.status == "success" and server.paths() == ["/a.jpg"]
 
 
@@ -290,6 +291,7 @@ def test_proxy_option(jpeg):
                                   options)
     assert ok.status == "success" and ok.data == jpeg
     assert [r.path for r in proxy.requests] == ["http://images.example.invalid/robots.txt",
+                                                "http://images.example.invalid/.well-known/tdmrep.json",
                                                 "http://images.example.invalid/123_456.jpg"]
     assert literal.status == "unsafe_address"  # an IP-literal target is still judged by the guard
 
@@ -311,7 +313,7 @@ def test_fetcher_keeps_caches_across_batches(jpeg):
             second = fetcher.fetch_batch([server.url + "/b.jpg"])
             assert len(fetcher.robots) == 1
     assert first[0].status == second[0].status == "success"
-    assert server.paths() == ["/robots.txt", "/a.jpg", "/b.jpg"]
+    assert server.paths() == ["/robots.txt", "/.well-known/tdmrep.json", "/a.jpg", "/b.jpg"]
 
 
 def _many_hosts(host_names: list[str]):
@@ -338,7 +340,7 @@ def test_submit_returns_at_once_and_hands_each_body_to_then_on_the_executor(jpeg
     assert [(url, status, same) for url, status, same, _ in results] == [
         (f"http://{h}:{server.port}/x.jpg", "success", True) for h in hosts]
     assert all(thread.startswith("check") for *_, thread in results)
-    assert sorted(r.host.split(":")[0] for r in server.requests) == sorted(hosts * 2)  # robots.txt + image
+    assert sorted(r.host.split(":")[0] for r in server.requests) == sorted(hosts * 3)  # robots.txt, tdmrep.json, image
 
 
 def test_ordered_slots_serve_the_earliest_batch_first_and_skip_cancelled_waiters():

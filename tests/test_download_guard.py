@@ -1,10 +1,18 @@
-"""URL checks and the public-address guard, with fake resolvers (no DNS)."""
+"""URL checks, host spellings and the public-address guard, with fake resolvers (no DNS)."""
 
 import socket
 
 import pytest
 
-from crawl2clip.transforms.download.guard import UnsafeAddress, check_url, is_public_address, resolve_public
+from crawl2clip.transforms.download.guard import (
+    UnsafeAddress,
+    canonical_host,
+    check_host,
+    check_url,
+    host_addresses,
+    is_public_address,
+    resolve_public,
+)
 
 
 @pytest.mark.parametrize(
@@ -74,6 +82,54 @@ def test_public_addresses(ip):
 )
 def test_non_public_addresses(ip):
     assert not is_public_address(ip)
+
+
+@pytest.mark.parametrize(
+    "host, addresses",
+    [
+        ("2852039166", ["169.254.169.254"]),
+        ("0xa9fea9fe", ["169.254.169.254"]),
+        ("0XA9FEA9FE", ["169.254.169.254"]),
+        ("0251.0376.0251.0376", ["169.254.169.254"]),
+        ("169.254.43518", ["169.254.169.254"]),
+        ("169.254.169.254.", ["169.254.169.254"]),
+        ("2130706433", ["127.0.0.1"]),
+        ("0x7f.1", ["127.0.0.1"]),
+        ("127.1", ["127.0.0.1"]),
+        ("0x", ["0.0.0.0"]),  # URL parsers read an empty hex number as 0
+        ("010.0.0.1", ["8.0.0.1", "10.0.0.1"]),  # octal to inet_aton, decimal to some parsers
+        ("%31%36%39.254.169.254", ["169.254.169.254"]),
+        ("%2531%2532%2537.0.0.1", ["127.0.0.1"]),
+        ("\uff11\uff12\uff17\uff0e\uff10\uff0e\uff10\uff0e\uff11", ["127.0.0.1"]),  # fullwidth
+        ("127\u30020\uff610\u30021", ["127.0.0.1"]),  # ideographic full stops
+        ("::ffff:127.0.0.1", ["::ffff:7f00:1"]),
+        ("fe80::1%25eth0", ["fe80::1"]),
+        ("8.8.8.8", ["8.8.8.8"]),
+        ("134744072", ["8.8.8.8"]),
+        ("example.com", []),
+        ("example.com.", []),
+        ("1e100.net", []),  # a name: its last label is not a number
+    ],
+)
+def test_host_addresses_as_resolvers_and_proxies_read_them(host, addresses):
+    assert [str(a) for a in host_addresses(canonical_host(host))] == addresses
+
+
+@pytest.mark.parametrize(
+    "host", ["1.2.3.256", "1.2.65536", "4294967296", "0x100000000", "1.2.3.4.5", "a.1", "08.1", "1..1",
+             "%ff.example", "127.0.0.1%2fx", "%40evil.example", "::ffff:0177.0.0.1", "%25252531"],
+)
+def test_hosts_no_reader_takes_are_bad_urls(host):
+    assert check_url(f"http://{host}/a.jpg") == "bad_url"
+
+
+def test_check_host_refuses_spellings_and_loopback_names_and_keeps_public_ones():
+    for host in ("0xa9fea9fe", "0x7f.1", "localhost", "LOCALHOST.", "metadata.localhost", "010.0.0.1"):
+        with pytest.raises(UnsafeAddress):
+            check_host(host)
+    assert check_host("0x08080808") == "0x08080808"
+    assert check_host("Images.Example.COM.") == "images.example.com"
+    assert check_host("2606:4700::1111") == "2606:4700::1111"
 
 
 def fake_resolver(*addresses):

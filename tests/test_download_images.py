@@ -23,6 +23,12 @@ pytestmark = pytest.mark.skipif(not PHOTOS, reason=f"no photos in {PHOTOS_DIR}")
 SIZE = 256
 
 
+def spec(**options) -> ResizeSpec:
+    """Without the byte-count filter: most images here are small by construction
+    (test_images_under_min_bytes_are_dropped covers the filter)."""
+    return ResizeSpec(min_bytes=0, **options)
+
+
 def named_size(path: Path) -> tuple[int, int]:
     width, height = path.stem.split("_")
     return int(width), int(height)
@@ -65,7 +71,7 @@ def test_photos_are_named_by_their_size():
 def test_every_mode_gives_the_expected_size(path, mode, only_if_bigger):
     data = path.read_bytes()
     width, height = named_size(path)
-    result = process_image(data, ResizeSpec(image_size=SIZE, resize_mode=mode, resize_only_if_bigger=only_if_bigger))
+    result = process_image(data, spec(image_size=SIZE, resize_mode=mode, resize_only_if_bigger=only_if_bigger))
     assert (result.width, result.height) == expected_size(width, height, mode, only_if_bigger)
     assert (result.original_width, result.original_height) == (width, height)
     assert result.sha256 == hashlib.sha256(data).hexdigest()
@@ -79,7 +85,7 @@ def test_border_pads_with_white_around_the_centred_image():
     path = PHOTOS_DIR / "123_456.jpg"
     if not path.exists():
         pytest.skip("123_456.jpg missing")
-    result = process_image(path.read_bytes(), ResizeSpec(resize_mode="border", output_format="webp", quality=100))
+    result = process_image(path.read_bytes(), spec(resize_mode="border", output_format="webp", quality=100))
     with Image.open(io.BytesIO(result.data)) as out:
         assert out.format == "WEBP"
         rgb = out.convert("RGB")
@@ -95,7 +101,7 @@ def test_exif_orientation_is_applied():
     exif = Image.Exif()
     exif[0x0112] = 6
     data = encoded(image, "JPEG", exif=exif, quality=95)
-    result = process_image(data, ResizeSpec(resize_mode="no"))
+    result = process_image(data, spec(resize_mode="no"))
     assert (result.original_width, result.original_height) == (100, 300)
     assert (result.width, result.height) == (100, 300)
     with Image.open(io.BytesIO(result.data)) as out:
@@ -109,7 +115,7 @@ def test_exif_orientation_is_applied():
 def test_png_alpha_is_composited_on_white():
     image = Image.new("RGBA", (200, 100), (255, 0, 0, 0))  # transparent red: must become white
     image.paste((0, 0, 255, 255), (100, 0, 200, 100))  # opaque blue stays blue
-    result = process_image(encoded(image, "PNG"), ResizeSpec(resize_mode="no"))
+    result = process_image(encoded(image, "PNG"), spec(resize_mode="no"))
     assert result.source_format == "png"
     with Image.open(io.BytesIO(result.data)) as out:
         assert min(out.getpixel((40, 50))) >= 245
@@ -122,7 +128,7 @@ def test_palette_png_transparency_is_composited_on_white():
     image.putpalette([0, 0, 0] + [0, 255, 0] * 255)
     image.paste(1, (32, 0, 64, 64))
     data = encoded(image, "PNG", transparency=0)  # palette index 0 (black) is transparent
-    with Image.open(io.BytesIO(process_image(data, ResizeSpec(resize_mode="no")).data)) as out:
+    with Image.open(io.BytesIO(process_image(data, spec(resize_mode="no")).data)) as out:
         assert min(out.getpixel((10, 32))) >= 245
         assert out.getpixel((50, 32))[1] > 200
 
@@ -150,7 +156,7 @@ def test_decompression_bomb_rejected_before_decoding(no_pixel_decoding):
     assert len(data) < 100
     started = time.perf_counter()
     with pytest.raises(ImageRejected) as raised:
-        process_image(data, ResizeSpec())
+        process_image(data, spec())
     assert raised.value.reason == "decompression_bomb"
     assert time.perf_counter() - started < 1
 
@@ -159,10 +165,10 @@ def test_decompression_bomb_rejected_before_decoding(no_pixel_decoding):
 def test_our_pixel_limit_applies_below_pillows(no_pixel_decoding):
     # 100 Mpx: over LAION's limit, under the 2x limit at which Pillow itself refuses.
     with pytest.raises(ImageRejected) as raised:
-        process_image(png_header_only(10000, 10000), ResizeSpec())
+        process_image(png_header_only(10000, 10000), spec())
     assert raised.value.reason == "decompression_bomb"
     with pytest.raises(ImageRejected) as raised:
-        process_image(png_header_only(2000, 2000), ResizeSpec(max_pixels=1_000_000))
+        process_image(png_header_only(2000, 2000), spec(max_pixels=1_000_000))
     assert raised.value.reason == "decompression_bomb"
 
 
@@ -170,9 +176,9 @@ def test_pixel_limit_on_a_real_photo():
     path = PHOTOS[0]
     width, height = named_size(path)
     with pytest.raises(ImageRejected) as raised:
-        process_image(path.read_bytes(), ResizeSpec(max_pixels=width * height - 1))
+        process_image(path.read_bytes(), spec(max_pixels=width * height - 1))
     assert raised.value.reason == "decompression_bomb"
-    assert process_image(path.read_bytes(), ResizeSpec(max_pixels=width * height)).width == SIZE
+    assert process_image(path.read_bytes(), spec(max_pixels=width * height)).width == SIZE
 
 
 @pytest.mark.parametrize(
@@ -180,16 +186,16 @@ def test_pixel_limit_on_a_real_photo():
 )
 def test_non_images_are_rejected(data):
     with pytest.raises(ImageRejected) as raised:
-        process_image(data, ResizeSpec())
+        process_image(data, spec())
     assert raised.value.reason == "not_an_image"
 
 
 def test_gif_refused_by_default_and_taken_when_allowed():
     data = encoded(Image.new("RGB", (40, 30), (10, 200, 10)), "GIF")
     with pytest.raises(ImageRejected) as raised:
-        process_image(data, ResizeSpec())
+        process_image(data, spec())
     assert (raised.value.reason, raised.value.detail) == ("format_not_allowed", "gif")
-    result = process_image(data, ResizeSpec(allowed_formats=("jpeg", "png", "webp", "gif"), resize_mode="no"))
+    result = process_image(data, spec(allowed_formats=("jpeg", "png", "webp", "gif"), resize_mode="no"))
     assert (result.width, result.height, result.source_format) == (40, 30, "gif")
 
 
@@ -198,25 +204,52 @@ def test_too_small_is_checked_on_the_smaller_side():
     if not path.exists():
         pytest.skip("123_456.jpg missing")
     with pytest.raises(ImageRejected) as raised:
-        process_image(path.read_bytes(), ResizeSpec(min_image_size=124))
+        process_image(path.read_bytes(), spec(min_image_size=124))
     assert raised.value.reason == "too_small"
-    assert process_image(path.read_bytes(), ResizeSpec(min_image_size=123)).original_width == 123
+    assert process_image(path.read_bytes(), spec(min_image_size=123)).original_width == 123
 
 
 def test_broken_image_data_is_a_decode_error():
     data = PHOTOS[-1].read_bytes()
     with pytest.raises(ImageRejected) as raised:
-        process_image(data[: len(data) // 2], ResizeSpec())
+        process_image(data[: len(data) // 2], spec())
     assert raised.value.reason == "decode_error"
     with pytest.raises(ImageRejected) as raised:
-        process_image(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, ResizeSpec())
+        process_image(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, spec())
     assert raised.value.reason == "decode_error"
+
+
+def test_images_under_min_bytes_are_dropped():
+    tiny = encoded(Image.new("RGB", (16, 16), (200, 40, 40)), "JPEG", quality=90)
+    assert 300 < len(tiny) < 1024
+    with pytest.raises(ImageRejected) as raised:
+        process_image(tiny, ResizeSpec())  # 5 KB by default
+    assert (raised.value.reason, raised.value.detail) == ("too_few_bytes", f"{len(tiny)} bytes < 5120")
+    assert process_image(tiny, ResizeSpec(min_bytes=len(tiny))).original_width == 16
+    assert process_image(tiny, ResizeSpec(min_bytes=0)).original_width == 16
+    photo = min(PHOTOS, key=lambda path: path.stat().st_size)  # 6,314 bytes: kept by default
+    assert process_image(photo.read_bytes(), ResizeSpec()).original_width == named_size(photo)[0]
+    with pytest.raises(ValueError):
+        ResizeSpec(min_bytes=-1)
+
+
+def test_decode_error_messages_hold_no_memory_address():
+    """Pillow names the BytesIO it read, address included: two runs would record different text."""
+    junk = b"\xff\xd8\xff" + bytes(range(256)) * 40  # a JPEG signature, then no JPEG at all
+    messages = set()
+    for _ in range(2):
+        with pytest.raises(ImageRejected) as raised:
+            process_image(junk, ResizeSpec())
+        messages.add(raised.value.detail)
+    (message,) = messages
+    assert raised.value.reason == "decode_error"
+    assert message == "UnidentifiedImageError: cannot identify image file <_io.BytesIO object>"
 
 
 def test_sha256_is_of_the_original_bytes():
     for path in PHOTOS:
         data = path.read_bytes()
-        result = process_image(data, ResizeSpec(resize_mode="no"))
+        result = process_image(data, spec(resize_mode="no"))
         assert result.sha256 == hashlib.sha256(data).hexdigest()
         assert result.data != data  # re-encoded, yet hashed as downloaded
 
@@ -236,6 +269,6 @@ def test_sniff_formats():
 
 def test_spec_validation():
     with pytest.raises(ValueError):
-        ResizeSpec(resize_mode="fit")
+        spec(resize_mode="fit")
     with pytest.raises(ValueError):
-        ResizeSpec(output_format="png")
+        spec(output_format="png")

@@ -104,6 +104,16 @@ def test_text_search_ranks_by_cosine_with_the_query(server, built):
     assert (results[0]["URL"], results[0]["TEXT"], results[0]["key"]) == (first["URL"], first["TEXT"], first["key"])
 
 
+def test_a_query_language_picks_the_text_tower_and_is_checked(server):
+    """This index's scoring.json names one CLIP and no multilingual tower: every language is
+    encoded by the CLIP's own text tower, whatever `lang` says; a malformed `lang` is refused."""
+    plain = _search(server, text="ein roter Kreis", k=5, dedup=False).json()["results"]
+    german = _search(server, text="ein roter Kreis", lang="de", k=5, dedup=False).json()["results"]
+    assert [r["row"] for r in german] == [r["row"] for r in plain]
+    response = _search(server, text="ein roter Kreis", lang="Deutsch", k=5)
+    assert response.status_code in (400, 422) and "lang" in response.json()["error"]
+
+
 def test_image_search_from_a_row_and_near_duplicate_removal(server, built):
     photo = built["rows"][_row_of(built, "https://img2.example.com/5.jpg")]
     copies = [i for i, r in enumerate(built["rows"]) if r["sha256"] == photo["sha256"]]
@@ -214,7 +224,7 @@ def test_subset_command_writes_laion_rows(built, tmp_path):
     assert len(set(table["uid"].to_pylist())) == table.num_rows <= 9
     assert "a boardwalk through the dunes to the sea" in table["TEXT"].to_pylist()
     assert subset_main(["--index", built["index_dir"], "--filter", "nope>1", "--output", str(near)]) == 2
-    assert subset_main(["--index", os.path.dirname(built["index_dir"]), "--output", str(near)]) == 2
+    assert subset_main(["--index", os.path.dirname(built["index_dir"]), "--all", "--output", str(near)]) == 2
 
 
 def test_serve_command_binds_loopback(built):

@@ -131,6 +131,9 @@ def test_invalid_options_fail_fast(tmp_path, capsys):
     assert main(["extract", "--input", "x.warc", "--output", str(tmp_path), "--min-alt-chars", "9",
                  "--max-alt-chars", "3"]) == 2
     assert "--max-alt-chars" in capsys.readouterr().err
+    for size in ("lots", "0"):
+        assert main(["extract", "--input", "x.warc", "--output", str(tmp_path), "--max-record-bytes", size]) == 2
+        assert "--max-record-bytes" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "metrics.json")
 
 

@@ -110,6 +110,20 @@ def test_utf16_pages_become_ascii_compatible():
 def test_binary_bodies_are_recognised():
     assert looks_binary(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     assert not looks_binary(b"<html>plain</html>")
+    text = b"<html><body>" + b"<p>some text</p>" * 100
+    assert not looks_binary(text[:50] + b"\x00" + text[50:])  # a stray NUL
+    assert not looks_binary(text.replace(b"some", b"so\x00e", 20))  # 20 in 1.6 KiB: under 5%
+    assert looks_binary(text.replace(b"some", b"s\x00\x01e"))  # control bytes all through
+    assert not looks_binary("\ufeff<html>".encode("utf-16"))
+
+
+@pytest.mark.parametrize("label", ["undefined", "utf-7", "unicode_escape", "base64", "rot13", "idna", "bogus"])
+def test_labels_of_no_web_encoding_get_the_default(label):
+    """Python knows these codecs; the web does not, and some raise on every byte or decode to lone
+    surrogates (which no parquet writer takes)."""
+    assert detect_charset(b"<html>", f"text/html; charset={label}") == "utf-8"
+    assert detect_charset(f'<meta charset="{label}"><html>'.encode(), "") == "utf-8"
+    assert decode_value(b"+2AA-caf\xe9", label) == "+2AA-café"
 
 
 def _real_html_pages(warc_dir: str) -> list[tuple[str, bytes]]:

@@ -21,14 +21,17 @@ import pytest
 
 from crawl2clip.pipelines.cli import main
 from crawl2clip.pipelines.replay import replay_proxy
+from crawl2clip.pipelines.resume import finished_work
 from crawl2clip.pipelines.sample_crawl import write_sample_crawl
 from crawl2clip.transforms.embeddings import list_parts, load_embeddings, read_metadata
 from tests.browser import chromium_page
 
-# Tiny images, every pair scored (books against a model trained on rendered shapes score low),
-# a small prune (19 unique pairs: 2 clusters, keep half).
-STAGE_FLAGS = ["--image-size", "64", "--shard-size", "8", "--tiny-clip",
-               "--min-similarity-en", "-1", "--min-similarity-multi", "-1"]
+# Tiny images, all of them kept (some book covers are under the default --min-image-bytes), every
+# pair scored (books against a model trained on rendered shapes score low), a small prune (19 unique
+# pairs: 2 clusters, keep half).
+DOWNLOAD_FLAGS = ["--image-size", "64", "--shard-size", "8", "--min-image-bytes", "0"]
+SCORE_FLAGS = ["--tiny-clip", "--min-similarity-en", "-1", "--min-similarity-multi", "-1"]
+STAGE_FLAGS = DOWNLOAD_FLAGS + SCORE_FLAGS
 PRUNE_FLAGS = ["--keep-fraction", "0.5", "--prune-clusters", "2", "--prune-neighbours", "1"]
 
 
@@ -90,8 +93,8 @@ def test_stages_run_one_by_one_give_the_same_output(books, combined_run, tmp_pat
     assert main(["extract", "--input", books, "--output", extract_dir]) == 0
     with replay_proxy(books) as (proxy, _):
         assert main(["download", "--input", os.path.join(extract_dir, "pairs", "*.parquet"),
-                     "--output", download_dir, "--proxy", proxy, *STAGE_FLAGS[:4]]) == 0
-    assert main(["score", "--input", download_dir, "--output", score_dir, *STAGE_FLAGS[4:]]) == 0
+                     "--output", download_dir, "--proxy", proxy, *DOWNLOAD_FLAGS]) == 0
+    assert main(["score", "--input", download_dir, "--output", score_dir, *SCORE_FLAGS]) == 0
     assert main(["prune", "--input", score_dir, "--output", prune_dir, *PRUNE_FLAGS]) == 0
 
     def rows(table, columns):
@@ -134,10 +137,14 @@ def _run_command(crawl: str, run_dir: str, proxy: str) -> list[str]:
             "--proxy", proxy, "--image-size", "64", "--shard-size", "20", "--tiny-clip"]
 
 
-def test_a_killed_run_resumes_to_the_same_output(tmp_path):
-    crawl = str(tmp_path / "sample.warc.gz")
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    """The sample crawl run whole, and run again into another folder, SIGKILLed as soon as its
+    first download shard is finished, then resumed."""
+    root = tmp_path_factory.mktemp("resume")
+    crawl = str(root / "sample.warc.gz")
     write_sample_crawl(crawl, pages=60)
-    whole, resumed = str(tmp_path / "whole"), str(tmp_path / "resumed")
+    whole, resumed = str(root / "whole"), str(root / "resumed")
     with replay_proxy(crawl) as (proxy, _):
         subprocess.run(_run_command(crawl, whole, proxy), check=True, capture_output=True)
         process = subprocess.Popen(_run_command(crawl, resumed, proxy), stdout=subprocess.DEVNULL,
@@ -152,8 +159,14 @@ def test_a_killed_run_resumes_to_the_same_output(tmp_path):
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         assert not os.path.exists(os.path.join(resumed, "score", "_SUCCESS"))
+        assert not os.path.exists(os.path.join(resumed, "download", "metrics.json"))
+        finished_before = len([n for n in os.listdir(download_dir) if n.endswith("_stats.json")])
         subprocess.run(_run_command(crawl, resumed, proxy), check=True, capture_output=True)
+    return {"whole": whole, "resumed": resumed, "finished_before": finished_before}
 
+
+def test_a_killed_run_resumes_to_the_same_output(killed_and_resumed):
+    whole, resumed = killed_and_resumed["whole"], killed_and_resumed["resumed"]
     for folder in ("extract/pairs", "score/metadata", "score/dropped"):
         a, b = pq.read_table(os.path.join(whole, folder)), pq.read_table(os.path.join(resumed, folder))
         assert sorted(a.column("uid").to_pylist()) == sorted(b.column("uid").to_pylist()), folder
@@ -164,3 +177,69 @@ def test_a_killed_run_resumes_to_the_same_output(tmp_path):
             with open(os.path.join(whole, "download", name), "rb") as a, \
                     open(os.path.join(resumed, "download", name), "rb") as b:
                 assert a.read() == b.read(), name
+
+
+def _stage_counters(run_dir: str) -> dict[str, dict[str, int]]:
+    """Each stage's counters as the report shows them (read from DIR/<stage>/metrics.json)."""
+    with open(os.path.join(run_dir, "report.json")) as f:
+        return {stage: info["counters"] for stage, info in json.load(f)["stages"].items()}
+
+
+def test_a_resumed_run_counts_the_whole_data(killed_and_resumed):
+    whole, resumed = killed_and_resumed["whole"], killed_and_resumed["resumed"]
+    counters = _counters(resumed)
+    assert counters == _counters(whole)
+    assert _stage_counters(resumed) == _stage_counters(whole)
+    assert set(_stage_counters(resumed)) == {"extract", "download", "score"}
+    # ... and the data on disk: every pair, every downloaded image, every kept pair
+    downloads = _download_table(os.path.join(resumed, "download"))
+    assert counters["download:images"] == int(pc.sum(pc.equal(downloads.column("status"), "success")).as_py()) > 0
+    assert counters["download:shards"] == len([n for n in os.listdir(os.path.join(resumed, "download"))
+                                               if n.endswith("_stats.json")])
+    assert counters["extract:unique_pairs"] == pq.read_table(os.path.join(resumed, "extract", "pairs")).num_rows
+    assert counters["score:kept"] == read_metadata(os.path.join(resumed, "score")).num_rows
+    assert _funnel(resumed) == _funnel(whole)
+    # the resumed download stage says what it carried over from the killed run
+    with open(os.path.join(resumed, "download", "metrics.json")) as f:
+        download = json.load(f)
+    assert download["carried"]["download:shards"] == killed_and_resumed["finished_before"]
+    assert download["this_run"]["download:shards_already_done"] == killed_and_resumed["finished_before"]
+    assert download["this_run"]["download:shards"] + killed_and_resumed["finished_before"] == counters["download:shards"]
+
+
+def test_finished_units_are_counted_as_the_stage_counted_them(killed_and_resumed):
+    """What resume reads back from finished shards and parts equals what Beam counted doing them."""
+    whole = killed_and_resumed["whole"]
+    stages = _stage_counters(whole)
+    for stage in ("download", "score"):
+        assert finished_work(stage, os.path.join(whole, stage)) == stages[stage], stage
+
+
+def test_a_scoring_stage_resumed_part_way_counts_every_part(killed_and_resumed, tmp_path):
+    """A run that died while scoring: half the parts written, no score/metrics.json, no _SUCCESS.
+    The rerun scores only the missing parts and still counts all of them."""
+    whole = killed_and_resumed["whole"]
+    partial = str(tmp_path / "partial")
+    shutil.copytree(whole, partial)
+    score_dir = os.path.join(partial, "score")
+    for name in ("_SUCCESS", "metrics.json"):
+        os.remove(os.path.join(score_dir, name))
+    with open(os.path.join(score_dir, "scoring.json")) as f:  # as if it had been scored in this folder
+        settings = json.load(f)
+    with open(os.path.join(score_dir, "scoring.json"), "w") as f:
+        json.dump({**settings, "input": os.path.abspath(os.path.join(partial, "download"))}, f)
+    os.remove(os.path.join(partial, "metrics.json"))
+    parts = list_parts(score_dir)
+    assert len(parts) > 4
+    for part in parts[::2]:
+        for path in (part.metadata, part.img_emb, part.text_emb,
+                     os.path.join(score_dir, "dropped", f"dropped_{part.number}.parquet")):
+            os.remove(path)
+    assert main(["run", "--input", "unused-extract-is-done.warc.gz", "--output", partial, "--image-size", "64",
+                 "--shard-size", "20", "--tiny-clip"]) == 0
+    assert _counters(partial) == _counters(whole)
+    assert _stage_counters(partial) == _stage_counters(whole)
+    with open(os.path.join(score_dir, "metrics.json")) as f:
+        score = json.load(f)
+    assert score["carried"]["score:shards"] == len(parts) - len(parts[::2])
+    assert score["this_run"]["score:shards"] == len(parts[::2])

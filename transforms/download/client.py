@@ -8,10 +8,11 @@
 
 Per URL, per attempt, per redirect hop:
 
-    check_url -> resolve once, guarded (guard.resolve_public) -> robots.txt of scheme+host+port
+    check_url -> check_host (the spelling) -> resolve once, guarded (guard.resolve_public)
+      -> robots.txt of scheme+host+port -> TDMRep's /.well-known/tdmrep.json of the same
       -> per-host slot, then global slot -> GET (allow_redirects=False)
       -> 3xx: back to the top with the Location (at most `max_redirects` hops)
-      -> X-Robots-Tag forbids? abort before reading the body
+      -> X-Robots-Tag forbids or `tdm-reservation: 1`? abort before reading the body
       -> Content-Length > max_bytes? abort
       -> stream the body: first bytes must sniff as an image; abort past max_bytes;
          fewer bytes than Content-Length -> 'truncated'
@@ -24,13 +25,16 @@ Decisions:
   are exactly the addresses connected to. The check also runs before each request, so an unsafe
   host is refused before any connection and reported as 'unsafe_address'. Resolutions (and DNS
   failures and refusals) are cached per host name for `dns_cache_ttl` seconds. IP literals never
-  reach a resolver in aiohttp; the pre-check judges them with the same guard.
+  reach a resolver in aiohttp; the pre-check judges them with the same guard, in every spelling
+  a resolver or proxy reads (`guard.check_host`: `0x7f.1`, `2130706433`, `%31...`, fullwidth), on
+  the host as urlsplit parses it and as yarl (so aiohttp) sends it.
 * Proxy vs guard. With a proxy (the `proxy` option, or HTTP_PROXY/HTTPS_PROXY/NO_PROXY when
   `trust_env`), aiohttp connects to the proxy and the *proxy* resolves the target name. Target
   names are then NOT resolved here: our answer could differ from the proxy's (so it would not
   protect anything) and in proxy-only networks names do not resolve locally at all. The SSRF
   guard for proxied names is the proxy's egress policy. What is still checked: check_url, and
-  IP-literal targets (`http://10.0.0.5/`) against `is_public_address` (no DNS needed). The
+  check_host: address spellings (`http://10.0.0.5/`, `http://0xa9fea9fe/`) and loopback names
+  (`localhost`) are refused before anything reaches the proxy (no DNS needed). The
   proxy's own address is operator configuration and is trusted: it may be private. The
   environment's proxies (and their ~/.netrc credentials) are read once per session; the session
   itself does not trust the environment, so no request sends netrc credentials to an image host.
@@ -50,6 +54,8 @@ Decisions:
   request, never during backoff sleeps.
 * Bodies are requested with `Accept-Encoding: identity` and not decompressed, so Content-Length
   and max_bytes count the bytes on the wire.
+* `error_message` goes through `messages`: one printable line of at most 500 characters, no
+  memory addresses or dumped bytes, so identical runs record identical text.
 """
 
 from __future__ import annotations
@@ -74,8 +80,11 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
-from crawl2clip.transforms.download.guard import UnsafeAddress, check_url, is_public_address, resolve_public
+from crawl2clip.transforms.consent.reservations import tdm_value
+from crawl2clip.transforms.consent.tdmrep import TdmrepCache
+from crawl2clip.transforms.download.guard import UnsafeAddress, check_host, check_url, resolve_public
 from crawl2clip.transforms.download.images import sniff_image_format
+from crawl2clip.transforms.download.messages import bounded_message, exception_message
 from crawl2clip.transforms.download.robots import (
     MAX_ROBOTS_BYTES,
     RobotsCache,
@@ -87,6 +96,7 @@ from crawl2clip.transforms.download.robots import (
 
 DEFAULT_USER_AGENT = "crawl2clip/0.1 (+https://github.com/crawl2clip/crawl2clip)"
 _REDIRECTS = (301, 302, 303, 307, 308)
+PROXY_SCHEMES = ("http", "https")
 _ROBOTS_MAX_REDIRECTS = 5  # RFC 9309: follow at least five
 _SNIFF_BYTES = 256  # enough for every format sniff_image_format knows
 _CHUNK = 64 << 10
@@ -112,6 +122,7 @@ class FetchOptions:
     trust_env: bool = True  # HTTP_PROXY / HTTPS_PROXY / NO_PROXY (and netrc proxy auth)
     forbidden_x_robots: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
     respect_robots: bool = True
+    respect_tdmrep: bool = True  # tdmrep.json fetched like robots.txt (transforms/consent/tdmrep.py)
     dns_cache_ttl: float = 300.0
 
 
@@ -141,6 +152,23 @@ class _Failure(Exception):
         self.retryable = retryable
         self.retry_after = retry_after
         self.content_type = content_type
+
+
+def proxy_url_problem(url: str) -> str | None:
+    """Why `url` cannot be the proxy, or None. aiohttp speaks to http and https proxies only; with
+    anything else every request would fail, robots.txt too, so every row would read as disallowed."""
+    if "://" not in url:
+        return "no scheme"
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError on a port that is not a number in 0..65535
+    except ValueError:
+        return "not a URL"
+    if parts.scheme.lower() not in PROXY_SCHEMES:
+        return f"scheme {parts.scheme!r} is not http or https"
+    if not parts.hostname:
+        return "no host"
+    return None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -198,6 +226,7 @@ class AsyncFetcher:
         """`resolver`: a getaddrinfo-like callable (run in a thread) instead of loop.getaddrinfo."""
         self.options = options or FetchOptions()
         self.robots = robots_cache if robots_cache is not None else RobotsCache()
+        self.tdmrep = TdmrepCache()
         self._getaddrinfo = resolver
         self._session: aiohttp.ClientSession | None = None
         self._dns: dict[str, tuple[float, list[str] | BaseException]] = {}
@@ -285,7 +314,7 @@ class AsyncFetcher:
             except _Failure as failure:
                 last = failure
             except Exception as error:  # never let one URL break the batch
-                last = _Failure("connection_error", f"{type(error).__name__}: {error}", retryable=False)
+                last = _Failure("connection_error", exception_message(error), retryable=False)
             if not last.retryable or attempts > o.retries:
                 break
             if last.retry_after is not None:
@@ -296,8 +325,8 @@ class AsyncFetcher:
             else:
                 delay = backoff_delay(attempts, o)
             await asyncio.sleep(delay)
-        return FetchResult(url, last.status, last.message, None, last.http_status, last.content_type, attempts,
-                           last.retryable)
+        return FetchResult(url, last.status, bounded_message(last.message), None, last.http_status,
+                           last.content_type, attempts, last.retryable)
 
     # -- one attempt ---------------------------------------------------------------------------
 
@@ -319,11 +348,16 @@ class AsyncFetcher:
         parts = urlsplit(url)
         host = parts.hostname
         port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        if not self.options.allow_private_networks:
+            try:
+                # The host as parsed here and as aiohttp will send it (to the proxy, too).
+                for spelling in {host, URL(url).raw_host} - {None}:
+                    check_host(spelling)
+            except ValueError as error:
+                raise _Failure("bad_url", f"{error}: {url!r}") from None
         proxy, proxy_auth = self._proxy_for(url)
         if proxy is None:
             await self._resolve(host, port, guarded=True)
-        elif not self.options.allow_private_networks and _is_ip_literal(host) and not is_public_address(host):
-            raise _Failure("unsafe_address", f"{host} is not a public address")
         return proxy, proxy_auth
 
     async def _attempt(self, url: str) -> tuple[bytes, int, str | None]:
@@ -335,6 +369,10 @@ class AsyncFetcher:
                 policy = await self._robots_policy(current)
                 if not policy.allows(current, o.robots_token):
                     raise _Failure("robots_disallowed", f"robots.txt disallows {current}")
+            if o.respect_tdmrep:  # fetched with the same guard, slots and limits as robots.txt
+                reserved = await self.tdmrep.reservation(current, self._fetch_robots)
+                if reserved:
+                    raise _Failure("tdm_reserved", reserved)
             async with self._slots(current):
                 try:
                     async with self._session.get(current, allow_redirects=False, proxy=proxy,
@@ -373,6 +411,8 @@ class AsyncFetcher:
                                          tuple(o.forbidden_x_robots))
         if forbidden:
             raise _Failure("x_robots_tag", f"X-Robots-Tag: {forbidden}", status, content_type=content_type)
+        if o.respect_tdmrep and tdm_value(response.headers.getall("tdm-reservation", [])) == 1:
+            raise _Failure("tdm_reserved", "tdm-reservation: 1", status, content_type=content_type)
         declared = response.content_length
         if declared is not None and declared > o.max_bytes:
             raise _Failure("too_large", f"Content-Length {declared} > {o.max_bytes}", status,
@@ -388,7 +428,7 @@ class AsyncFetcher:
                     _require_image(body, status, content_type)
                     sniffed = True
         except aiohttp.ClientPayloadError as error:
-            raise _Failure("truncated", f"{len(body)} of {declared} bytes: {error}", status, True,
+            raise _Failure("truncated", f"{len(body)} of {declared} bytes: {exception_message(error)}", status, True,
                            content_type=content_type) from None
         if declared is not None and len(body) < declared:
             raise _Failure("truncated", f"{len(body)} of {declared} bytes", status, True, content_type=content_type)
@@ -579,14 +619,6 @@ def _answer(outcome):
     return outcome
 
 
-def _is_ip_literal(host: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host.split("%", 1)[0])
-        return True
-    except OSError:
-        return False
-
-
 def _require_image(body: bytearray, status: int, content_type: str | None) -> None:
     if sniff_image_format(bytes(body[:_SNIFF_BYTES])) is None:
         raise _Failure("not_an_image", f"first bytes {bytes(body[:16]).hex()}", status, content_type=content_type)
@@ -594,7 +626,7 @@ def _require_image(body: bytearray, status: int, content_type: str | None) -> No
 
 def _classify(error: BaseException) -> _Failure:
     if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
-        return _Failure("timeout", f"{type(error).__name__}: {error}", retryable=True)
+        return _Failure("timeout", exception_message(error), retryable=True)
     if isinstance(error, UnsafeAddress):
         return _Failure("unsafe_address", str(error))
     if isinstance(error, aiohttp.ClientConnectorDNSError):
@@ -602,12 +634,12 @@ def _classify(error: BaseException) -> _Failure:
     if isinstance(error, aiohttp.TooManyRedirects):
         return _Failure("too_many_redirects", str(error))
     if isinstance(error, aiohttp.ClientPayloadError):
-        return _Failure("truncated", str(error), retryable=True)
+        return _Failure("truncated", exception_message(error), retryable=True)
     if isinstance(error, (aiohttp.ClientError, OSError)):
-        return _Failure("connection_error", f"{type(error).__name__}: {error}", retryable=True)
+        return _Failure("connection_error", exception_message(error), retryable=True)
     if isinstance(error, asyncio.CancelledError):
         raise error
-    return _Failure("connection_error", f"{type(error).__name__}: {error}")
+    return _Failure("connection_error", exception_message(error))
 
 
 class Fetcher:

@@ -1,7 +1,7 @@
 """Decode, check, resize and re-encode one downloaded image, the way img2dataset does for LAION.
 
-    bytes -> sniff format (magic bytes) -> header size check -> decode -> EXIF orientation
-          -> RGB (alpha on white) -> resize (img2dataset's modes) -> JPEG/WebP bytes
+    bytes -> byte count check -> sniff format (magic bytes) -> header size check -> decode
+          -> EXIF orientation -> RGB (alpha on white) -> resize (img2dataset's modes) -> JPEG/WebP bytes
 
 Every refusal raises `ImageRejected` with a short reason so the downloader can count drops by
 reason. Sizes follow img2dataset's resizer exactly (albumentations' rounding, crop and pad
@@ -13,6 +13,8 @@ import io
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
+
+from crawl2clip.transforms.download.messages import exception_message
 
 RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
 OUTPUT_FORMATS = {"jpg": "JPEG", "webp": "WEBP"}
@@ -53,6 +55,8 @@ class ResizeSpec:
     output_format: str = "jpg"
     quality: int = 95
     min_image_size: int = 0  # smallest allowed side, in pixels, before resizing
+    # Smallest allowed body as downloaded (icons, spacers, tiny thumbnails); 0 keeps every one.
+    min_bytes: int = 5 * 1024
     # LAION's decompression-bomb limit (Pillow's default MAX_IMAGE_PIXELS, give or take one).
     max_pixels: int = 89_478_484
     allowed_formats: tuple[str, ...] = ("jpeg", "png", "webp")
@@ -64,6 +68,8 @@ class ResizeSpec:
             raise ValueError(f"output_format must be one of {tuple(OUTPUT_FORMATS)}, not {self.output_format!r}")
         if self.image_size < 1:
             raise ValueError("image_size must be at least 1")
+        if self.min_bytes < 0:
+            raise ValueError("min_bytes must not be negative")
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,8 @@ def _encode(image: Image.Image, spec: ResizeSpec) -> bytes:
 
 def process_image(data: bytes, spec: ResizeSpec) -> ProcessedImage:
     """Checked, oriented, resized and re-encoded image; raises ImageRejected when dropped."""
+    if len(data) < spec.min_bytes:
+        raise ImageRejected("too_few_bytes", f"{len(data)} bytes < {spec.min_bytes}")
     source_format = sniff_image_format(data)
     if source_format is None:
         raise ImageRejected("not_an_image", data[:16].hex())
@@ -171,7 +179,7 @@ def process_image(data: bytes, spec: ResizeSpec) -> ProcessedImage:
     except Image.DecompressionBombError as error:
         raise ImageRejected("decompression_bomb", str(error)) from None
     except Exception as error:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
-        raise ImageRejected("decode_error", f"{type(error).__name__}: {error}") from None
+        raise ImageRejected("decode_error", exception_message(error)) from None
     with image:
         width, height = image.size
         # Checked on the header's numbers, before a single pixel is decoded.
@@ -198,7 +206,7 @@ def process_image(data: bytes, spec: ResizeSpec) -> ProcessedImage:
         except Image.DecompressionBombError as error:
             raise ImageRejected("decompression_bomb", str(error)) from None
         except Exception as error:
-            raise ImageRejected("decode_error", f"{type(error).__name__}: {error}") from None
+            raise ImageRejected("decode_error", exception_message(error)) from None
     return ProcessedImage(
         data=encoded,
         width=image.width,

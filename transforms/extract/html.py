@@ -1,7 +1,8 @@
-"""Finds `<img>` tags and the `<base href>` in raw HTML bytes, the way an HTML5 parser would.
+"""Finds `<img>`, `<base href>` and `<meta>` tags in raw HTML bytes, the way an HTML5 parser would.
 
-A full DOM parse is the slow part of extraction and we need only two tag names, so this module
-tokenizes just enough of HTML5: it finds `<img` and `<base` tags, reads their attributes with the
+A full DOM parse is the slow part of extraction and we need only three tag names, so this module
+tokenizes just enough of HTML5: it finds `<img`, `<base` and `<meta` tags (meta: the page's
+opt-outs, transforms/consent/reservations.py), reads their attributes with the
 HTML5 attribute rules (quoted, unquoted, valueless, first duplicate wins, names lower-cased), and
 skips what an HTML5 parser would not see as tags: comments and the contents of raw-text and
 RCDATA elements (script, style, textarea, title, ...). tests/test_html.py holds it against the
@@ -18,7 +19,7 @@ _WS = rb"\t\n\f\r "
 # lower-cased page, case-sensitively: about a third faster than re.IGNORECASE on every '<'.
 _TOKEN = re.compile(
     # The lookahead fails most other tags (<div, <a, </...) before trying each alternative.
-    rb"<(?=[ibs!txnp])(?:(img|base)(?=[" + _WS + rb"/>])|(!--)|"
+    rb"<(?=[ibms!txnp])(?:(img|base|meta)(?=[" + _WS + rb"/>])|(!--)|"
     rb"(script|style|textarea|title|xmp|iframe|noembed|noframes|plaintext)(?=[" + _WS + rb"/>]))"
 )
 _ATTRIBUTE_PATTERN = (
@@ -53,7 +54,7 @@ def parse_attributes(page: bytes, position: int) -> tuple[dict[bytes, bytes], in
 
 
 def iter_tags(page: bytes) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
-    """(tag name, attributes) of every `img` and `base` tag an HTML5 parser would see."""
+    """(tag name, attributes) of every `img`, `base` and `meta` tag an HTML5 parser would see."""
     lowered = page.lower()  # same offsets: bytes.lower() changes ASCII letters only
     position = 0
     search = _TOKEN.search
@@ -114,6 +115,17 @@ _META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([A-Za-z0-9_.:-]+
 _HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?\s*([A-Za-z0-9_.:-]+)", re.IGNORECASE)
 # WHATWG Encoding: these labels mean windows-1252 on the web.
 _WINDOWS_1252_LABELS = {"iso-8859-1", "iso8859-1", "latin1", "latin-1", "l1", "ascii", "us-ascii", "cp819"}
+# The encodings of the WHATWG Encoding standard, by Python's codec names. Python knows many more
+# (utf-7, unicode_escape, base64, "undefined", ...): some decode to lone surrogates that no
+# parquet writer takes, some raise on every byte. A page naming one gets the default, as in a browser.
+_WEB_ENCODINGS = frozenset({
+    "utf-8", "utf-16", "utf-16-le", "utf-16-be", "cp866", "iso8859-2", "iso8859-3", "iso8859-4",
+    "iso8859-5", "iso8859-6", "iso8859-7", "iso8859-8", "iso8859-10", "iso8859-11", "iso8859-13",
+    "iso8859-14", "iso8859-15", "iso8859-16", "koi8-r", "koi8-u", "mac-roman", "mac-cyrillic", "tis-620",
+    "cp874", "cp1250", "cp1251", "cp1252", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257", "cp1258",
+    "gbk", "gb2312", "gb18030", "big5", "big5hkscs", "euc_jp", "iso2022_jp", "shift_jis", "cp932",
+    "euc_kr", "cp949",
+})
 
 
 def _codec_name(label: str | None) -> str | None:
@@ -123,9 +135,10 @@ def _codec_name(label: str | None) -> str | None:
     if label in _WINDOWS_1252_LABELS:
         return "cp1252"
     try:
-        return codecs.lookup(label).name
+        name = codecs.lookup(label).name
     except LookupError:
         return None
+    return name if name in _WEB_ENCODINGS else None
 
 
 def detect_charset(page: bytes, content_type: str = "") -> str:
@@ -147,14 +160,17 @@ def detect_charset(page: bytes, content_type: str = "") -> str:
 
 def decode_value(raw: bytes, charset: str) -> str:
     """An attribute value as text: the page's charset, else windows-1252 (the web's legacy
-    default), else UTF-8 with replacement characters; never raises."""
+    default), else UTF-8 with replacement characters; never raises. Stray NULs are removed
+    (HTML5 would make each a U+FFFD)."""
     try:
         text = raw.decode(charset)
-    except (UnicodeDecodeError, LookupError):
+    except (UnicodeError, LookupError):
         try:
             text = raw.decode("cp1252")
-        except UnicodeDecodeError:
+        except UnicodeError:
             text = raw.decode("utf-8", "replace")
+    if "\x00" in text:
+        text = text.replace("\x00", "")
     return unescape_attribute(text)
 
 
@@ -165,8 +181,19 @@ def to_ascii_compatible(page: bytes, charset: str) -> tuple[bytes, str]:
     return page, charset
 
 
+# WHATWG MIME Sniffing's "binary data bytes": control characters no text encoding of the web uses.
+_BINARY_BYTES = bytes([*range(0x00, 0x09), 0x0B, *range(0x0E, 0x1B), *range(0x1C, 0x20)])
+_BINARY_SAMPLE = 4096
+
+
 def looks_binary(page: bytes) -> bool:
-    """A body that is not text at all (an image or PDF served as text/html): NUL bytes in its
-    first KiB without a UTF-16 byte-order mark."""
-    head = page[:1024]
-    return b"\x00" in head and not head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    """A body that is not text at all (an image or PDF served as text/html): a NUL in its first
+    16 bytes, or NULs and other binary data bytes making over 5% of its first 4 KiB; a stray NUL
+    in a text page is not enough. Pages with a UTF-16 byte-order mark are text."""
+    head = page[:_BINARY_SAMPLE]
+    if b"\x00" not in head or head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return False  # the fast way out for text; images, PDFs and archives all hold NULs early
+    if b"\x00" in head[:16]:
+        return True
+    binary = len(head) - len(head.translate(None, _BINARY_BYTES))
+    return binary * 20 > len(head)

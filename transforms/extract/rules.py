@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+from crawl2clip.transforms.extract.archives import DEFAULT_MAX_RECORD_BYTES
+
 _WHITESPACE = re.compile(r"\s+")
 # HTML5 strips leading/trailing C0 controls and spaces from URLs and removes tabs and newlines.
 _URL_STRIP = "".join(chr(c) for c in range(0x21))
@@ -28,6 +30,9 @@ class ExtractionRules:
     # Lazy-loading pages put a placeholder (or nothing) in `src` and the image in `data-src`:
     # use it then. `srcset` is not used: it lists the same image at other sizes.
     lazy_src: bool = True
+    # Not LAION's: records with a bigger content block are not read (`record_too_large`), so one
+    # hostile record cannot take a worker's memory.
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
 
 def clean_alt(alt: str, rules: ExtractionRules) -> str | None:
