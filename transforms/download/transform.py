@@ -9,7 +9,12 @@ written before the bundle ends, so a failed bundle is redone whole and nothing i
 A row's shard is a hash of its uid, so a rerun puts every row in the same shard whatever order
 the input is read in; rows inside a shard are sorted by uid, so keys are stable too. A shard
 whose stats file exists is finished and skipped: rerunning into the same folder after a crash
-does only the missing shards.
+does only the missing shards. The folder may be local or on any Beam filesystem (hdfs://, s3://):
+every file goes through transforms/files.py.
+
+With removal lists, a row a URL or domain list names is never requested and an image a hash
+list names is never written: both leave the shard and become audit rows in
+`removed/removed_NNNNN.parquet` (transforms/consent/audit.py).
 """
 
 import os
@@ -20,12 +25,15 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.utils.windowed_value import WindowedValue
 
+from crawl2clip.transforms.consent.audit import REMOVED, audit_row, write_audit
+from crawl2clip.transforms.consent.blocklists import BlocklistSettings, load_blocklists
 from crawl2clip.transforms.download.client import FetchOptions, Fetcher, FetchResult
 from crawl2clip.transforms.download.images import ImageRejected, ProcessedImage, ResizeSpec, process_image
-from crawl2clip.transforms.download.shards import SUCCESS, ShardWriter, stats_path
+from crawl2clip.transforms import files
+from crawl2clip.transforms.download.shards import SUCCESS, ShardWriter, shard_name, stats_path
 from crawl2clip.transforms.errors import counter
 from crawl2clip.transforms.extract.rules import pair_uid
-from crawl2clip.transforms.schema import TEXT, UID, URL
+from crawl2clip.transforms.schema import PAGE_URL, TEXT, UID, URL
 
 STAGE = "download"
 # Failures worth another try later (--retry-failed): the server or the network, not the image.
@@ -35,6 +43,12 @@ RETRYABLE_STATUSES = ("timeout", "connection_error", "dns_error", "truncated", "
 
 def row_uid(row: dict) -> str:
     return row.get(UID) or pair_uid(str(row.get(URL)), str(row.get(TEXT)))
+
+
+def removed_path(output_dir: str, shard_id: int) -> str:
+    """The audit rows of the pairs removal lists took out of a shard (consent/audit.py); written
+    before the shard's stats file, so a finished shard always has its audit."""
+    return files.join(output_dir, REMOVED, f"{REMOVED}_{shard_name(shard_id)}.parquet")
 
 
 def shard_id_of(uid: str, shard_count: int) -> int:
@@ -48,11 +62,13 @@ SHARDS_AHEAD = 2
 
 
 class _DownloadShard(beam.DoFn):
-    def __init__(self, output_dir: str, fetch: FetchOptions, resize: ResizeSpec, input_schema: pa.Schema | None):
+    def __init__(self, output_dir: str, fetch: FetchOptions, resize: ResizeSpec, input_schema: pa.Schema | None,
+                 blocklists: BlocklistSettings = BlocklistSettings()):
         self.output_dir = output_dir
         self.fetch = fetch
         self.resize = resize
         self.input_schema = input_schema
+        self.blocklists = blocklists
 
     def setup(self):
         # One HTTP session, DNS cache and robots.txt cache per worker, reused by every shard.
@@ -60,6 +76,7 @@ class _DownloadShard(beam.DoFn):
         # Pillow releases the GIL while decoding, resizing and encoding: threads use every core.
         self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
         self._in_flight: deque = deque()
+        self._lists = load_blocklists(self.blocklists) if self.blocklists else None
 
     def teardown(self):
         self._give_up_in_flight()
@@ -78,18 +95,34 @@ class _DownloadShard(beam.DoFn):
         if not result.ok:
             return result.status, result.error_message, None
         try:
-            return SUCCESS, None, process_image(result.data, self.resize)
+            image = process_image(result.data, self.resize)
         except ImageRejected as rejected:
             return rejected.reason, rejected.detail, None
+        # Image-hash lists: on the bytes as downloaded, before anything is written.
+        match = self._lists.match_image_bytes(result.data, image.sha256) if self._lists else None
+        return (REMOVED, match, None) if match is not None else (SUCCESS, None, image)
+
+    def _drop_listed(self, rows: list) -> tuple[list, list[dict]]:
+        """The rows no URL or domain list names (never requested otherwise), and the others' audit rows."""
+        if self._lists is None or not self._lists.url_lists:
+            return rows, []
+        kept, removed = [], []
+        for row in rows:
+            match = self._lists.match_url(row.get(URL), row.get(PAGE_URL))
+            if match is None:
+                kept.append(row)
+            else:
+                removed.append(audit_row(row, match, STAGE))
+        return kept, removed
 
     def process(self, shard, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         shard_id, rows = shard  # (shard id, its rows)
-        if os.path.exists(stats_path(self.output_dir, shard_id)):
+        if files.marker_exists(stats_path(self.output_dir, shard_id)):
             counter(STAGE, "shards_already_done").inc()
             return
-        rows = sorted(rows, key=row_uid)
+        rows, removed = self._drop_listed(sorted(rows, key=row_uid))
         checked = self._fetcher.submit([str(row.get(URL)) for row in rows], self._checked_image, self._pool)
-        self._in_flight.append((shard_id, rows, checked, window, timestamp))
+        self._in_flight.append((shard_id, rows, checked, window, timestamp, removed))
         while len(self._in_flight) > SHARDS_AHEAD:
             yield self._write_oldest()
 
@@ -98,12 +131,17 @@ class _DownloadShard(beam.DoFn):
             yield self._write_oldest()
 
     def _write_oldest(self) -> WindowedValue:
-        shard_id, rows, checked, window, timestamp = self._in_flight.popleft()
+        shard_id, rows, checked, window, timestamp, removed = self._in_flight.popleft()
         statuses = Counter()
         with ShardWriter(self.output_dir, shard_id, self.resize.output_format, input_schema=self.input_schema) as writer:
             for row, (status, message, image) in zip(rows, checked.result()):
+                if status == REMOVED:  # `message` is the list's Match
+                    removed.append(audit_row(row, message, STAGE))
+                    continue
                 writer.write(row, image, status=status, error_message=message)
                 statuses[status] += 1
+            if removed:
+                write_audit(removed_path(self.output_dir, shard_id), removed)
         for status, count in statuses.items():
             counter(STAGE, "images" if status == SUCCESS else f"failed_{status}").inc(count)
         counter(STAGE, "shards").inc()
@@ -116,7 +154,8 @@ class DownloadImages(beam.PTransform):
 
     def __init__(self, output_dir: str, shard_count: "int | beam.pvalue.AsSingleton",
                  fetch: FetchOptions = FetchOptions(),
-                 resize: ResizeSpec = ResizeSpec(), input_schema: pa.Schema | None = None):
+                 resize: ResizeSpec = ResizeSpec(), input_schema: pa.Schema | None = None,
+                 blocklists: BlocklistSettings = BlocklistSettings()):
         super().__init__()
         # A number, or a side input holding it when it is only known at run time (crawl2clip run).
         if isinstance(shard_count, int) and shard_count < 1:
@@ -126,11 +165,13 @@ class DownloadImages(beam.PTransform):
         self.fetch = fetch
         self.resize = resize
         self.input_schema = input_schema
+        self.blocklists = blocklists  # removal lists: URLs before any request, image hashes after it
 
     def expand(self, rows):
         return (
             rows
             | "KeyByShard" >> beam.Map(lambda row, count: (shard_id_of(row_uid(row), count), row), self.shard_count)
             | "GroupShards" >> beam.GroupByKey()
-            | "DownloadShard" >> beam.ParDo(_DownloadShard(self.output_dir, self.fetch, self.resize, self.input_schema))
+            | "DownloadShard" >> beam.ParDo(_DownloadShard(self.output_dir, self.fetch, self.resize, self.input_schema,
+                                                          self.blocklists))
         )

@@ -1,0 +1,1 @@
+"""Consent and removal: page-level opt-outs, TDMRep, removal lists and their audit rows."""

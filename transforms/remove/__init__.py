@@ -1,0 +1,1 @@
+"""`crawl2clip remove`: a removal list applied to a finished run, as files are rewritten."""
