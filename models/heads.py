@@ -8,11 +8,13 @@ one `.npz` file holding its weights and a JSON `metadata` string (name, embed_di
 `predict` is plain numpy, so the scoring stage needs no torch for it, and training is
 deterministic numpy too (`train_head`, behind `crawl2clip train-head`).
 
-Without a head file, `ZeroShotHead` compares embeddings with CLIP text prompts instead (the
-default prompts are below). That is weaker than a trained head, most of all on a small CLIP,
-and its output says "zero-shot" so nobody mistakes one for the other.
+When asked for (`crawl2clip score --zero-shot-tags`) and no head exists, `ZeroShotHead` compares
+embeddings with CLIP text prompts instead (the default prompts are below). That is weaker than a
+trained head, most of all on a small CLIP, and its output says "zero-shot" so nobody mistakes
+one for the other. LAION's own published heads load through models/laion_heads.py.
 """
 
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -89,18 +91,24 @@ def save_head(head: Head, path: str) -> None:
 
 
 def load_head(path: str) -> Head:
-    """Reads a head written by `save_head`; a clear error for anything else."""
-    with np.load(path, allow_pickle=False) as data:
-        if "metadata" not in data.files:
-            raise ValueError(f"{path}: not a crawl2clip head (no metadata)")
-        metadata = json.loads(str(data["metadata"]))
+    """Reads a head written by `save_head` (local path); a clear error for anything else."""
+    with open(path, "rb") as f:
+        return load_head_bytes(f.read(), path)
+
+
+def load_head_bytes(data: bytes, source: str) -> Head:
+    """A head from the bytes of its .npz file (`source` names it in errors)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        if "metadata" not in arrays.files:
+            raise ValueError(f"{source}: not a crawl2clip head (no metadata)")
+        metadata = json.loads(str(arrays["metadata"]))
         if metadata.get("format") != HEAD_FORMAT:
-            raise ValueError(f"{path}: head format {metadata.get('format')!r}, expected {HEAD_FORMAT!r}")
-        layers = sum(1 for name in data.files if name.startswith("w"))
-        head = Head([data[f"w{i}"] for i in range(layers)], [data[f"b{i}"] for i in range(layers)], metadata)
+            raise ValueError(f"{source}: head format {metadata.get('format')!r}, expected {HEAD_FORMAT!r}")
+        layers = sum(1 for name in arrays.files if name.startswith("w"))
+        head = Head([arrays[f"w{i}"] for i in range(layers)], [arrays[f"b{i}"] for i in range(layers)], metadata)
     for a, b in zip(head.weights, head.weights[1:]):
         if a.shape[1] != b.shape[0]:
-            raise ValueError(f"{path}: layer shapes {a.shape} and {b.shape} do not chain")
+            raise ValueError(f"{source}: layer shapes {a.shape} and {b.shape} do not chain")
     return head
 
 
@@ -199,21 +207,6 @@ class ZeroShotHead:
 def _prompt_class(embeddings: np.ndarray) -> np.ndarray:
     mean = embeddings.mean(axis=0)
     return (mean / np.linalg.norm(mean)).astype(np.float32)
-
-
-def head_or_zero_shot(path: str | None, kind: str, clip, clip_model: str = "") -> Head | ZeroShotHead:
-    """The head in `path`, or without one the zero-shot fallback with the default prompts of
-    `kind` ("unsafe" or "watermark"). Checks the head fits the CLIP's embedding size."""
-    if path:
-        head = load_head(path)
-        if head.embed_dim != clip.embed_dim:
-            raise ValueError(f"{path}: head for {head.embed_dim}-d embeddings (trained on "
-                             f"{head.metadata.get('clip_model')!r}), but the CLIP gives {clip.embed_dim}-d")
-        return head
-    if kind not in DEFAULT_PROMPTS:
-        raise ValueError(f"no default zero-shot prompts for {kind!r}; choose one of {sorted(DEFAULT_PROMPTS)}")
-    positive, negative = DEFAULT_PROMPTS[kind]
-    return ZeroShotHead(clip, positive, negative, name=f"{kind}-zero-shot", clip_model=clip_model)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

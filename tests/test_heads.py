@@ -12,9 +12,7 @@ from sklearn.metrics import roc_auc_score
 from crawl2clip.models.clip import ASSETS, load_clip, tiny_clip_spec
 from crawl2clip.models.heads import (
     DEFAULT_PROMPTS,
-    Head,
     ZeroShotHead,
-    head_or_zero_shot,
     load_head,
     roc_auc,
     save_head,
@@ -23,6 +21,7 @@ from crawl2clip.models.heads import (
 from crawl2clip.models.watermark import HEAD_HELD_OUT_SEED, HELD_OUT_TEXTS, watermark_examples
 from crawl2clip.pipelines.cli import main as cli
 from crawl2clip.transforms.embeddings import write_part
+from crawl2clip.transforms.score.content import tag_sources
 
 WATERMARK_HEAD = os.path.join(ASSETS, "watermark-head.npz")
 
@@ -105,25 +104,25 @@ def test_the_committed_watermark_head_finds_unseen_watermarks(tiny_clip):
     assert roc_auc(labels, scores) >= 0.9
 
 
-def test_zero_shot_fallback_is_labelled_and_sees_watermarks_a_little(tiny_clip):
-    head = head_or_zero_shot(None, "watermark", tiny_clip, clip_model="crawl2clip-tiny")
-    assert isinstance(head, ZeroShotHead)
+def test_zero_shot_heads_are_labelled_and_see_watermarks_a_little(tiny_clip):
+    positive, negative = DEFAULT_PROMPTS["watermark"]
+    head = ZeroShotHead(tiny_clip, positive, negative, clip_model="crawl2clip-tiny")
     described = head.describe()
     assert described["source"] == "zero-shot"
     assert described["positive_prompts"] == list(DEFAULT_PROMPTS["watermark"][0])
     images, labels = watermark_examples(HEAD_HELD_OUT_SEED + 2, 300, texts=HELD_OUT_TEXTS)
     scores = head.predict(tiny_clip.encode_images(tiny_clip.preprocess_images(images)))
     assert roc_auc(labels, scores) > 0.6   # weaker than the trained head, but not blind
-    assert isinstance(head_or_zero_shot(WATERMARK_HEAD, "watermark", tiny_clip), Head)
-    with pytest.raises(ValueError, match="no default zero-shot prompts"):
-        head_or_zero_shot(None, "violence", tiny_clip)
+    with pytest.raises(ValueError, match="positive and negative prompts"):
+        ZeroShotHead(tiny_clip, positive, ())
 
 
-def test_a_head_for_another_embedding_size_is_refused(tmp_path, tiny_clip):
+def test_a_head_for_another_embedding_size_is_refused(tmp_path):
     x, y = _ring_data(6, 100)
     save_head(train_head(x, y, name="h", clip_model="other", steps=5), str(tmp_path / "h.npz"))
-    with pytest.raises(ValueError, match="32-d embeddings"):
-        head_or_zero_shot(str(tmp_path / "h.npz"), "unsafe", tiny_clip)
+    spec = tiny_clip_spec(device="cpu")
+    with pytest.raises(ValueError, match="unsafe head on 32-d embeddings, but crawl2clip-tiny embeds images in 64-d"):
+        tag_sources(spec, 64, {"unsafe": str(tmp_path / "h.npz")}, None, zero_shot=False)
 
 
 def _score_dir(tmp_path, seed: int) -> tuple[str, np.ndarray]:
