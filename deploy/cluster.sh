@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Local Flink and Spark session clusters for Beam's portable runners (see deploy/README.md).
+# Local Flink and Spark session clusters for Beam's portable runners, and a local HDFS
+# (see deploy/README.md).
 #
-#   deploy/cluster.sh install                       # Flink/Spark via pip --target, job-server jars via Maven
+#   deploy/cluster.sh install                       # Flink/Spark via pip --target, job-server and HDFS jars via Maven
 #   deploy/cluster.sh flink start [--taskmanagers N] [--slots N]
 #   deploy/cluster.sh spark start [--cores N] [--memory 2g]
-#   deploy/cluster.sh flink|spark stop|status|args [--per-pipeline]
+#   deploy/cluster.sh hdfs start
+#   deploy/cluster.sh flink|spark|hdfs stop|status|args [--per-pipeline]
 #   deploy/cluster.sh all stop|status
 #
-# Everything lives under .cache/clusters/ (git-ignored): dist/ (distributions), jars/ (job servers),
-# run/ (pid files, generated configs, artifacts), logs/.
+# Everything lives under .cache/clusters/ (git-ignored): dist/ (distributions), jars/ (job servers,
+# HDFS), run/ (pid files, generated configs, artifacts), logs/, hdfs/ (the HDFS's data).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +25,7 @@ BEAM_VERSION=2.62.0
 FLINK_VERSION=1.19.3
 FLINK_MINOR=1.19
 SPARK_VERSION=3.5.7
+HADOOP_VERSION=3.4.1
 
 # ---- ports / sizes (override with environment variables) -------------------------------------
 HOST="${CLUSTER_HOST:-127.0.0.1}"                        # every bindable service binds here
@@ -31,7 +34,10 @@ FLINK_RPC_PORT="${FLINK_RPC_PORT:-6123}"
 FLINK_BLOB_PORT="${FLINK_BLOB_PORT:-6124}"
 FLINK_JOB_PORT="${FLINK_JOB_PORT:-8099}"
 FLINK_ARTIFACT_PORT="${FLINK_ARTIFACT_PORT:-8098}"
-FLINK_WORKER_POOL_PORT="${FLINK_WORKER_POOL_PORT:-50000}"
+# The worker pools are not on Beam's usual 50000/50001: those lie in Linux's ephemeral range
+# (32768-60999), where any outgoing connection may hold them (busy WebHDFS traffic did) and the
+# pool then cannot bind.
+FLINK_WORKER_POOL_PORT="${FLINK_WORKER_POOL_PORT:-8097}"
 FLINK_TASKMANAGERS="${FLINK_TASKMANAGERS:-1}"
 FLINK_SLOTS="${FLINK_SLOTS:-2}"
 FLINK_JM_MEMORY="${FLINK_JM_MEMORY:-1024m}"
@@ -45,7 +51,7 @@ SPARK_WORKER_WEBUI_PORT="${SPARK_WORKER_WEBUI_PORT:-8082}"   # not 8081: that is
 SPARK_DRIVER_UI_PORT="${SPARK_DRIVER_UI_PORT:-4040}"
 SPARK_JOB_PORT="${SPARK_JOB_PORT:-8199}"
 SPARK_ARTIFACT_PORT="${SPARK_ARTIFACT_PORT:-8198}"
-SPARK_WORKER_POOL_PORT="${SPARK_WORKER_POOL_PORT:-50001}"
+SPARK_WORKER_POOL_PORT="${SPARK_WORKER_POOL_PORT:-8197}"
 SPARK_WORKER_CORES="${SPARK_WORKER_CORES:-2}"
 SPARK_WORKER_MEMORY="${SPARK_WORKER_MEMORY:-2g}"
 SPARK_EXECUTOR_MEMORY="${SPARK_EXECUTOR_MEMORY:-1g}"
@@ -56,6 +62,16 @@ SPARK_JOB_SERVER_HEAP="${SPARK_JOB_SERVER_HEAP:-1g}"
 SPARK_REUSE_CONTEXT="${SPARK_REUSE_CONTEXT:-false}"
 SPARK_ENV_CACHE_MILLIS="${SPARK_ENV_CACHE_MILLIS:-60000}"
 
+# HDFS: Hadoop's default ports (none is Flink's or Spark's).
+HDFS_NAMENODE_PORT="${HDFS_NAMENODE_PORT:-8020}"
+HDFS_HTTP_PORT="${HDFS_HTTP_PORT:-9870}"                 # NameNode web UI and WebHDFS: Beam's --hdfs_port
+HDFS_DATANODE_PORT="${HDFS_DATANODE_PORT:-9866}"
+HDFS_DATANODE_HTTP_PORT="${HDFS_DATANODE_HTTP_PORT:-9864}"  # WebHDFS reads and writes are redirected here
+HDFS_DATANODE_IPC_PORT="${HDFS_DATANODE_IPC_PORT:-9867}"
+HDFS_USER="${HDFS_USER:-$(id -un)}"                      # Beam's --hdfs_user (permissions are off)
+HDFS_HEAP="${HDFS_HEAP:-512m}"
+HDFS_DATA="${HDFS_DATA_DIR:-$CACHE/hdfs}"
+
 START_TIMEOUT="${CLUSTER_START_TIMEOUT:-240}"
 STOP_TIMEOUT="${CLUSTER_STOP_TIMEOUT:-30}"
 
@@ -63,6 +79,7 @@ FLINK_HOME="$DIST/flink-$FLINK_VERSION/pyflink"
 SPARK_HOME_DIR="$DIST/spark-$SPARK_VERSION/pyspark"
 FLINK_JOB_SERVER_JAR="$JARS/beam-flink-$FLINK_MINOR-job-server-$BEAM_VERSION.jar"
 SPARK_JOB_SERVER_JAR="$JARS/beam-spark-3-job-server-$BEAM_VERSION.jar"
+HDFS_JAR="$JARS/local-hdfs-$HADOOP_VERSION.jar"
 
 # Java 17 module opens needed by Spark's driver (Spark's JavaModuleOptions) and Flink's client code.
 JAVA17_OPENS=(
@@ -111,19 +128,35 @@ pip_target() {  # pip_target DIR PKG... : pip install --no-deps --target DIR, on
   rm -rf "$dir" && mv "$dir.tmp" "$dir" && touch "$dir/.complete"
 }
 
-build_jar() {  # build_jar NAME OUT_JAR : shade deploy/jobserver/NAME/pom.xml into OUT_JAR, once
-  local name="$1" out="$2" pom="$REPO/deploy/jobserver/$1/pom.xml"
-  local stamp; stamp="$(sha256sum "$pom" | cut -c1-16)"
+store_uncompressed() {  # store_uncompressed JAR : rewrite JAR with every entry stored, not deflated
+  "$VENV_PY" - "$1" <<'EOF' || die "could not rewrite $1"
+import os, sys, zipfile
+jar = sys.argv[1]
+with zipfile.ZipFile(jar) as src, zipfile.ZipFile(jar + ".stored", "w", zipfile.ZIP_STORED) as out:
+    for entry in src.infolist():
+        data = src.read(entry)
+        entry.compress_type = zipfile.ZIP_STORED
+        out.writestr(entry, data)
+os.replace(jar + ".stored", jar)
+EOF
+}
+
+build_jar() {  # build_jar NAME POM OUT_JAR [stored] : shade POM into OUT_JAR, once per content of POM's folder
+  local name="$1" pom="$2" out="$3" stored="${4:-}"
+  local stamp; stamp="$(cat "$(dirname "$pom")"/* | sha256sum | cut -c1-16)"
   if [[ -s "$out" && "$(cat "$out.pom-sha" 2>/dev/null)" == "$stamp" ]]; then log "reuse $out"; return; fi
   command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
   local build="$CACHE/build/$name"
-  log "mvn package $pom (first run downloads Beam's dependencies into ~/.m2, a few minutes)"
+  log "mvn package $pom (the first run downloads the dependencies into ~/.m2, a few minutes)"
   rm -rf "$build"
   # shellcheck disable=SC2086  # CLUSTER_MVN_ARGS: extra Maven flags, e.g. -Dmaven.repo.local=DIR
   mvn -q -B ${CLUSTER_MVN_ARGS:-} -f "$pom" -Djobserver.build.dir="$build" package >"$LOGS/mvn-$name.log" 2>&1 \
-    || { tail -40 "$LOGS/mvn-$name.log" >&2; die "maven build of $name job server failed (log: $LOGS/mvn-$name.log)"; }
+    || { tail -40 "$LOGS/mvn-$name.log" >&2; die "maven build of $name failed (log: $LOGS/mvn-$name.log)"; }
   mkdir -p "$JARS"
-  mv "$build"/beam-*-job-server-*.jar "$out" && echo "$stamp" >"$out.pom-sha"
+  local jar; jar="$(find "$build" -maxdepth 1 -name '*.jar' ! -name 'original-*')"
+  mv "$jar" "$out"
+  [[ "$stored" != stored ]] || store_uncompressed "$out"
+  echo "$stamp" >"$out.pom-sha"
   rm -rf "$build"
 }
 
@@ -137,11 +170,15 @@ cmd_install() {
   pip_target "$DIST/spark-$SPARK_VERSION" "pyspark==$SPARK_VERSION"
   [[ -f "$SPARK_HOME_DIR/bin/spark-class" && -d "$SPARK_HOME_DIR/jars" ]] || die "unexpected Spark layout under $SPARK_HOME_DIR"
   chmod +x "$SPARK_HOME_DIR"/bin/* 2>/dev/null || true
-  build_jar flink "$FLINK_JOB_SERVER_JAR"
-  build_jar spark "$SPARK_JOB_SERVER_JAR"
+  build_jar flink "$REPO/deploy/jobserver/flink/pom.xml" "$FLINK_JOB_SERVER_JAR"
+  build_jar spark "$REPO/deploy/jobserver/spark/pom.xml" "$SPARK_JOB_SERVER_JAR"
+  # Stored, not deflated: WebHDFS's Jersey finds its resources by reading the whole jar at the
+  # first request, which took ~7 s of inflating (under a second stored; 250 MB instead of 93).
+  build_jar hdfs "$REPO/deploy/hdfs/pom.xml" "$HDFS_JAR" stored
   log "installed: FLINK_HOME=$FLINK_HOME SPARK_HOME=$SPARK_HOME_DIR"
   log "           $FLINK_JOB_SERVER_JAR"
   log "           $SPARK_JOB_SERVER_JAR"
+  log "           $HDFS_JAR"
 }
 
 require_installed() {
@@ -276,6 +313,7 @@ services_of() {
       for f in "$RUN"/flink-taskmanager-*.pid; do [[ -e "$f" ]] && tms+=("$(basename "$f" .pid)"); done
       echo "flink-jobserver flink-worker-pool ${tms[*]} flink-jobmanager" ;;
     spark) echo "spark-jobserver spark-worker-pool spark-worker spark-master" ;;
+    hdfs) echo "hdfs-minicluster" ;;
   esac
 }
 
@@ -293,6 +331,7 @@ cmd_stop() {
   case "$c" in
     flink) rm -rf "$RUN/flink-tmp" "$RUN/flink-artifacts" "$RUN/flink-pids" ;;
     spark) rm -rf "$RUN/spark-work" "$RUN/spark-tmp" "$RUN/spark-artifacts" ;;
+    hdfs) rm -f "$RUN/hdfs.ready" ;;  # the data under hdfs/ stays for the next start
   esac
   if [[ $any -eq 1 ]]; then log "$c stopped"; else log "$c: nothing running"; fi
 }
@@ -527,6 +566,49 @@ EOF
   echo "PIPELINE_ARGS=$(spark_flags)"
 }
 
+# ================================ HDFS =========================================================
+hdfs_flags() {
+  echo "--hdfs_host $HOST --hdfs_port $HDFS_HTTP_PORT --hdfs_user $HDFS_USER"
+}
+
+hdfs_root_status() {  # WebHDFS GETFILESTATUS of / : prints DIRECTORY when the filesystem answers
+  json_get "http://$HOST:$HDFS_HTTP_PORT/webhdfs/v1/?op=GETFILESTATUS&user.name=$HDFS_USER" 'd["FileStatus"]["type"]'
+}
+
+cmd_hdfs_start() {
+  [[ $# -eq 0 ]] || die "unknown option for 'hdfs start': $1"
+  [[ -s "$HDFS_JAR" ]] || die "not installed: run 'deploy/cluster.sh install' first"
+  find_java; mkdir -p "$RUN" "$LOGS" "$HDFS_DATA/tmp"
+  local t0=$SECONDS
+  if all_alive hdfs; then
+    log "hdfs already running"
+  else
+    cmd_stop hdfs
+    local p; for p in "$HDFS_NAMENODE_PORT" "$HDFS_HTTP_PORT" "$HDFS_DATANODE_PORT" \
+        "$HDFS_DATANODE_HTTP_PORT" "$HDFS_DATANODE_IPC_PORT"; do check_port_free "$p" hdfs; done
+    rotate_logs hdfs
+    # NameNode + DataNode in one JVM (deploy/hdfs/LocalHdfs.java); it writes hdfs.ready when up.
+    # Tiered level 1 and the serial collector: a quicker start and a smaller footprint.
+    spawn hdfs-minicluster "$LOGS/hdfs-minicluster.log" "$JAVA" -Xmx"$HDFS_HEAP" -XX:TieredStopAtLevel=1 \
+      -XX:+UseSerialGC "${JAVA17_OPENS[@]}" -Djava.io.tmpdir="$HDFS_DATA/tmp" -Dorg.slf4j.simpleLogger.showDateTime=true \
+      -Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS -jar "$HDFS_JAR" \
+      --dir "$HDFS_DATA" --host "$HOST" --namenode-port "$HDFS_NAMENODE_PORT" --http-port "$HDFS_HTTP_PORT" \
+      --datanode-port "$HDFS_DATANODE_PORT" --datanode-http-port "$HDFS_DATANODE_HTTP_PORT" \
+      --datanode-ipc-port "$HDFS_DATANODE_IPC_PORT" --ready-file "$RUN/hdfs.ready"
+  fi
+  local deadline=$((SECONDS + START_TIMEOUT))
+  until [[ -f "$RUN/hdfs.ready" && "$(hdfs_root_status)" == DIRECTORY ]]; do
+    pid_alive "$RUN/hdfs-minicluster.pid" || { cmd_stop hdfs; die "hdfs died while starting (see ${LOGS#"$REPO"/}/hdfs-minicluster.log)"; }
+    [[ $SECONDS -lt $deadline ]] || { cmd_stop hdfs; die "HDFS not ready after ${START_TIMEOUT}s"; }
+    sleep 0.5
+  done
+  hdfs_flags >"$RUN/hdfs.args"
+  write_info hdfs rest_url="http://$HOST:$HDFS_HTTP_PORT" namenode="hdfs://$HOST:$HDFS_NAMENODE_PORT" \
+    user="$HDFS_USER" data_dir="$HDFS_DATA"
+  log "hdfs ready in $((SECONDS - t0))s: NameNode hdfs://$HOST:$HDFS_NAMENODE_PORT, WebHDFS and web UI http://$HOST:$HDFS_HTTP_PORT"
+  echo "PIPELINE_ARGS=$(hdfs_flags)"
+}
+
 # ================================ status =======================================================
 cmd_status() {
   local c="$1" s pid st up=0 total=0
@@ -550,29 +632,33 @@ cmd_status() {
       local ov; ov="$(json_get "http://$HOST:$SPARK_MASTER_WEBUI_PORT/json" '"status=%s workers_alive=%s cores=%s apps_active=%s apps_completed=%s" % (d["status"], sum(1 for w in d["workers"] if w["state"] == "ALIVE"), d["cores"], len(d["activeapps"]), len(d["completedapps"]))')"
       echo "spark: $up/$total services up${ov:+; $ov}"
       [[ $up -gt 0 ]] && echo "  args: $(spark_flags)" ;;
+    hdfs)
+      local root; root="$(hdfs_root_status)"
+      echo "hdfs: $up/$total services up${root:+; WebHDFS GETFILESTATUS / -> $root}"
+      [[ $up -gt 0 ]] && echo "  args: $(hdfs_flags)" ;;
   esac
   return 0
 }
 
-usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 main() {
   [[ $# -ge 1 ]] || usage
   case "$1" in
     install) cmd_install ;;
-    flink|spark)
+    flink|spark|hdfs)
       local c="$1"; [[ $# -ge 2 ]] || usage
       case "$2" in
         start) shift 2; "cmd_${c}_start" "$@" ;;
         stop) cmd_stop "$c" ;;
         status) cmd_status "$c" ;;
-        args) shift 2; if [[ "$c" == flink ]]; then flink_flags "$@"; else spark_flags; fi ;;
+        args) shift 2; if [[ "$c" == flink ]]; then flink_flags "$@"; else "${c}_flags"; fi ;;
         *) usage ;;
       esac ;;
     all)
       case "${2:-}" in
-        stop) cmd_stop flink; cmd_stop spark ;;
-        status) cmd_status flink; cmd_status spark ;;
+        stop) cmd_stop flink; cmd_stop spark; cmd_stop hdfs ;;
+        status) cmd_status flink; cmd_status spark; cmd_status hdfs ;;
         *) usage ;;
       esac ;;
     -h|--help|help) usage 0 ;;

@@ -1,7 +1,7 @@
 """Beam Python worker pool for EXTERNAL environments, shared by every TaskManager / executor.
 
 It serves the same gRPC service as ``python -m apache_beam.runners.worker.worker_pool_main
---service_port N`` (each StartWorker request starts one ``SdkHarness`` process), fixed for a pool
+--service_port N`` (each StartWorker request starts one SDK worker process), fixed for a pool
 that several runner processes share on one machine:
 
 * Worker ids are not unique across runner processes: every Flink TaskManager (and Spark
@@ -16,8 +16,12 @@ that several runner processes share on one machine:
   with apache_beam and this project), not whatever ``python`` is first on PATH.
 * Workers' stdout/stderr go to the pool's own log instead of an unread pipe (a chatty worker
   could fill the pipe and block), and exited workers are reaped.
+* Workers start as Beam's container boot program starts them: ``sdk_worker_main`` with the
+  pipeline's options read from the runner's provisioning service. Beam's pool runs a bare
+  ``SdkHarness`` that never sees the options, so filesystems configured by them failed or went
+  elsewhere on the workers (``hdfs://`` and ``--hdfs_host``, ``s3://`` and ``--s3_endpoint_url``).
 
-Usage: python deploy/worker_pool.py --service_port 50000 [--bind_host 127.0.0.1]
+Usage: python deploy/worker_pool.py --service_port 8097 [--bind_host 127.0.0.1]
 Workers import the pipeline's code by module name: run the pool with PYTHONPATH set accordingly
 (deploy/cluster.sh sets the repo root).
 """
@@ -34,16 +38,40 @@ import threading
 import traceback
 
 import grpc
-from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
+from apache_beam.portability.api import (
+    beam_fn_api_pb2,
+    beam_fn_api_pb2_grpc,
+    beam_provision_api_pb2,
+    beam_provision_api_pb2_grpc,
+)
 from apache_beam.utils import thread_pool_executor
+from google.protobuf import json_format, text_format
 
 _LOGGER = logging.getLogger("crawl2clip.worker_pool")
 
-_HARNESS = (
-    "from apache_beam.runners.worker.sdk_worker import SdkHarness; "
-    "SdkHarness({control!r}, worker_id={worker_id!r}, state_cache_size={cache:d}, "
-    "data_buffer_time_limit_ms={buffer_ms:d}).run()"
-)
+PROVISION_TIMEOUT_S = 60
+
+
+def worker_environment(request) -> dict[str, str]:
+    """The variables ``sdk_worker_main`` reads, as Beam's boot program sets them: the runner's
+    endpoints from the StartWorker request, the options from its provisioning service."""
+    with grpc.insecure_channel(request.provision_endpoint.url) as channel:
+        info = beam_provision_api_pb2_grpc.ProvisionServiceStub(channel).GetProvisionInfo(
+            beam_provision_api_pb2.GetProvisionInfoRequest(),
+            metadata=[("worker_id", request.worker_id)],  # the runner answers per worker
+            timeout=PROVISION_TIMEOUT_S,
+        ).info
+    env = {
+        "WORKER_ID": request.worker_id,
+        "CONTROL_API_SERVICE_DESCRIPTOR": text_format.MessageToString(request.control_endpoint),
+        "PIPELINE_OPTIONS": json_format.MessageToJson(info.pipeline_options),
+        "RUNNER_CAPABILITIES": " ".join(info.runner_capabilities),
+    }
+    if request.logging_endpoint.url:  # worker logs then reach the runner's log too
+        env["LOGGING_API_SERVICE_DESCRIPTOR"] = text_format.MessageToString(request.logging_endpoint)
+    if info.status_endpoint.url:
+        env["STATUS_API_SERVICE_DESCRIPTOR"] = text_format.MessageToString(info.status_endpoint)
+    return env
 
 
 def _stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
@@ -58,30 +86,20 @@ def _stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
 
 
 class SharedWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
-    def __init__(self, state_cache_size: int = 0, data_buffer_time_limit_ms: int = -1):
-        self._state_cache_size = state_cache_size
-        self._data_buffer_time_limit_ms = data_buffer_time_limit_ms
+    def __init__(self):
         self._lock = threading.Lock()
         self._workers: dict[tuple[str, str], subprocess.Popen] = {}
         self._closed = False
 
     def StartWorker(self, request, context):
         key = (request.worker_id, context.peer())
-        command = [
-            sys.executable,
-            "-c",
-            _HARNESS.format(
-                control=request.control_endpoint.url,
-                worker_id=request.worker_id,
-                cache=self._state_cache_size,
-                buffer_ms=self._data_buffer_time_limit_ms,
-            ),
-        ]
+        command = [sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"]
         try:
+            env = {**os.environ, **worker_environment(request)}
             with self._lock:
                 if self._closed:
                     return beam_fn_api_pb2.StartWorkerResponse(error="worker pool is stopping")
-                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, close_fds=True)
+                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, close_fds=True, env=env)
                 previous = self._workers.get(key)
                 self._workers[key] = proc
         except Exception:  # pylint: disable=broad-except
@@ -142,8 +160,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--service_port", type=int, required=True)
     parser.add_argument("--bind_host", default="127.0.0.1")
-    parser.add_argument("--state_cache_size", type=int, default=0)
-    parser.add_argument("--data_buffer_time_limit_ms", type=int, default=-1)
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -160,7 +176,7 @@ def main(argv=None) -> int:
             ("grpc.http2.max_ping_strikes", 0),
         ],
     )
-    pool = SharedWorkerPool(args.state_cache_size, args.data_buffer_time_limit_ms)
+    pool = SharedWorkerPool()
     beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
     bound = server.add_insecure_port("%s:%d" % (args.bind_host, args.service_port))
     if bound == 0:

@@ -1,17 +1,22 @@
-"""Pytest plugin: real local Flink and Spark session clusters for Beam's portable runners.
+"""Pytest plugin: real local Flink and Spark session clusters for Beam's portable runners, and a
+real HDFS.
 
 Register it from tests/conftest.py with ``pytest_plugins = ["tests.cluster_fixtures"]`` (or import
-the fixtures into a test module).  It provides two session-scoped fixtures:
+the fixtures into a test module).  It provides three session-scoped fixtures:
 
 * ``flink_cluster`` -- JobManager + TaskManager(s) + a Beam Flink job server + a Beam Python worker
   pool (EXTERNAL environment), started by ``deploy/cluster.sh flink start``.
 * ``spark_cluster`` -- Spark master + worker + a Beam Spark job server + a worker pool, started by
   ``deploy/cluster.sh spark start``.
+* ``hdfs_cluster`` -- a NameNode and a DataNode with WebHDFS (one JVM), started by
+  ``deploy/cluster.sh hdfs start``; its ``pipeline_args`` are Beam's ``--hdfs_*`` flags.
 
-Both yield a :class:`Cluster` whose ``pipeline_args`` are the flags to hand to a Beam pipeline and
-whose ``rest_url`` is Flink's REST API / the Spark master's web UI (``/json``).  On teardown they
-run ``deploy/cluster.sh <kind> stop`` and then check that no process of the process groups they
-started is left (what is left is SIGKILLed and the teardown fails), also when the test failed.
+Each yields a :class:`Cluster` whose ``pipeline_args`` are the flags to hand to a Beam pipeline and
+whose ``rest_url`` is Flink's REST API / the Spark master's web UI (``/json``) / the NameNode's
+HTTP server (WebHDFS).  On teardown they run ``deploy/cluster.sh <kind> stop`` and then check that
+no process of the process groups they started is left (what is left is SIGKILLed and the teardown
+fails), also when the test failed.  ``hdfs_dir`` (per test) is a fresh ``hdfs://`` folder, with
+Beam's ``FileSystems`` set to reach the HDFS, deleted afterwards.
 
 :func:`flink_job_subtask_records` reads a finished Flink job's per-subtask record counts from the
 REST API, so a test can check that work really ran in more than one parallel subtask.
@@ -31,6 +36,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -52,11 +58,11 @@ STOP_TIMEOUT = 180.0
 class Cluster:
     """A running local cluster, as started by ``deploy/cluster.sh``."""
 
-    kind: str  # "flink" or "spark"
+    kind: str  # "flink", "spark" or "hdfs"
     pipeline_args: list[str]  # flags for beam PipelineOptions
-    rest_url: str  # Flink REST API, or the Spark master web UI (its /json)
-    job_endpoint: str  # host:port of the Beam job server
-    worker_pool: str  # host:port of the Beam worker pool (EXTERNAL environment)
+    rest_url: str  # Flink REST API, the Spark master web UI (its /json), or WebHDFS's server
+    job_endpoint: str  # host:port of the Beam job server ("" for hdfs)
+    worker_pool: str  # host:port of the Beam worker pool, EXTERNAL environment ("" for hdfs)
     info: dict[str, str] = field(default_factory=dict)  # all of run/<kind>.info
     process_groups: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (pgid, start)
 
@@ -243,8 +249,8 @@ def start_cluster(kind: str, *start_args: str) -> Cluster:
             kind=kind,
             pipeline_args=shlex.split(info["args"]),
             rest_url=info["rest_url"],
-            job_endpoint=info["job_endpoint"],
-            worker_pool=info["worker_pool"],
+            job_endpoint=info.get("job_endpoint", ""),
+            worker_pool=info.get("worker_pool", ""),
             info={**info, "start_seconds": f"{time.monotonic() - t0:.1f}"},
             process_groups=groups,
         )
@@ -295,9 +301,30 @@ def spark_cluster() -> Iterator[Cluster]:
     yield from _cluster_fixture("spark")
 
 
+@pytest.fixture(scope="session")
+def hdfs_cluster() -> Iterator[Cluster]:
+    """A local HDFS (NameNode + DataNode, WebHDFS), shared by every test of the session."""
+    yield from _cluster_fixture("hdfs")
+
+
+@pytest.fixture
+def hdfs_dir(hdfs_cluster) -> Iterator[str]:
+    """A new, empty ``hdfs://`` folder for one test, deleted afterwards. Beam's ``FileSystems``
+    reads the HDFS's address from the options of the last pipeline built in this process, so
+    they are set here again for each test."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    FileSystems.set_options(PipelineOptions(hdfs_cluster.pipeline_args))
+    folder = f"hdfs://crawl2clip-tests/{uuid.uuid4().hex[:12]}"
+    yield folder
+    FileSystems.set_options(PipelineOptions(hdfs_cluster.pipeline_args))
+    FileSystems.delete([folder])
+
+
 def pytest_configure(config) -> None:
     config.addinivalue_line(
-        "markers", "cluster: needs a real local Flink/Spark cluster (slow: tens of seconds)"
+        "markers", "cluster: needs a real local Flink/Spark cluster or HDFS (slow: tens of seconds)"
     )
 
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from crawl2clip.transforms.download import shards
+from crawl2clip.transforms import files
 from crawl2clip.transforms.download.images import ImageRejected, ResizeSpec, process_image
 from crawl2clip.transforms.download.shards import (
     OUTPUT_COLUMNS,
@@ -31,7 +31,7 @@ from crawl2clip.transforms.schema import CANDIDATE_SCHEMA, TEXT, URL, CandidateR
 
 try:
     import webdataset as wds
-except ImportError:  # a test-only dependency: `pip install webdataset==1.0.2`
+except ImportError:  # a dependency of crawl2clip compare (the version open_clip_train pins)
     wds = None
 
 PHOTOS_DIR = Path("/work/shared/data/photos")
@@ -77,7 +77,7 @@ def samples(jpg_images):
             status, message = failures[i]
             out.append((_row(len(out), f"missing{i}.jpg"), None, status, message))
     try:  # a real rejection from the image checks
-        process_image(b"<html>not an image</html>", ResizeSpec())
+        process_image(b"<html>not an image</html>", ResizeSpec(min_bytes=0))
     except ImageRejected as error:
         out.append((_row(len(out), "page.html"), None, error.reason, error.detail))
     return out
@@ -97,7 +97,7 @@ def _files(output_dir) -> list[str]:
 def _read_tar(path, ext="jpg"):
     if wds is None:
         pytest.skip("webdataset is not installed")
-    dataset = wds.WebDataset(str(path), shardshuffle=False, empty_check=False).decode("pil").to_tuple("__key__", ext, "txt", "json")
+    dataset = wds.WebDataset(str(path), shardshuffle=False).decode("pil").to_tuple("__key__", ext, "txt", "json")
     return list(dataset)
 
 
@@ -232,17 +232,18 @@ def test_abandoned_shard_is_redone_identically(tmp_path, samples):
     writer = ShardWriter(str(crashed), 0)
     for row, image, status, message in samples[:5]:
         writer.write(row, image, status=status, error_message=message)
-    writer._tar_file.flush()
+    writer._tar.file.flush()
     del writer  # abandoned: never closed, as if the process died
     gc.collect()
-    leftovers = [name for name in _files(crashed) if name.startswith("00000")]
-    assert leftovers and all(name.endswith(".tmp") for name in leftovers)
+    leftovers = [name for name in _files(crashed) if "00000" in name]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".00000.tar.tmp-")  # a temporary name only
     assert finished_shards(str(crashed)) == {1}
 
     neighbour = (crashed / "00001.tar").read_bytes()
     _write(crashed, 0, samples)
     assert finished_shards(str(crashed)) == {0, 1}
-    assert not any(name.endswith(".tmp") for name in _files(crashed))
+    assert _files(crashed) == ["00000.parquet", "00000.tar", "00000_stats.json", "00001.parquet", "00001.tar",
+                               "00001_stats.json"]  # the finished shard deleted the killed attempt's file
     assert (crashed / "00000.tar").read_bytes() == (clean / "00000.tar").read_bytes()
     assert pq.read_table(crashed / "00000.parquet").equals(pq.read_table(clean / "00000.parquet"))
     assert (crashed / "00001.tar").read_bytes() == neighbour
@@ -252,19 +253,19 @@ def test_crash_between_renames_leaves_shard_unfinished(tmp_path, samples, monkey
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
     _write(clean, 0, samples)
 
-    real_replace = os.replace
+    real_replace = files._replace
     calls = []
 
-    def dying_replace(src, dst):
-        calls.append(dst)
+    def dying_replace(temporary, path):
+        calls.append(path)
         if len(calls) == 2:  # the tar went into place; die before the parquet
             raise KeyboardInterrupt("killed")
-        real_replace(src, dst)
+        real_replace(temporary, path)
 
-    monkeypatch.setattr(shards.os, "replace", dying_replace)
+    monkeypatch.setattr(files, "_replace", dying_replace)
     with pytest.raises(KeyboardInterrupt):
         _write(crashed, 0, samples)
-    monkeypatch.setattr(shards.os, "replace", real_replace)
+    monkeypatch.setattr(files, "_replace", real_replace)
     assert _files(crashed) == ["00000.tar"]  # a final tar, but no stats: not finished
     assert finished_shards(str(crashed)) == set()
 
@@ -272,6 +273,19 @@ def test_crash_between_renames_leaves_shard_unfinished(tmp_path, samples, monkey
     assert _files(crashed) == _files(clean)
     assert (crashed / "00000.tar").read_bytes() == (clean / "00000.tar").read_bytes()
     assert pq.read_table(crashed / "00000.parquet").equals(pq.read_table(clean / "00000.parquet"))
+
+
+def test_an_attempt_outrun_by_another_gives_its_files_up(tmp_path, samples):
+    """Two attempts at one shard (a retried or speculative worker): the one that finishes second
+    finds the stats in place and commits nothing over the finished shard."""
+    slow = ShardWriter(str(tmp_path), 0)
+    for row, image, status, message in samples[:2]:  # not the same rows: its bytes would differ
+        slow.write(row, image, status=status, error_message=message)
+    fast = _write(tmp_path, 0, samples)
+    finished = {name: (tmp_path / name).read_bytes() for name in _files(tmp_path)}
+    assert slow.close() == json.loads(finished["00000_stats.json"])
+    assert {name: (tmp_path / name).read_bytes() for name in _files(tmp_path)} == finished
+    assert fast.count == len(samples)
 
 
 def test_exception_inside_with_aborts(tmp_path, samples):

@@ -11,31 +11,31 @@ For shard `s` (written `{s:05d}`, more digits past 99999) the output folder hold
 where KEY = `{shard_id:05d}{index:04d}` and index is the row's position in its shard (failures
 use up an index too, as in img2dataset), so `000120007` is shard 12's eighth input row.
 
-Completion protocol (what resume relies on):
-  * everything is first written under temporary names `NAME.<random token>.tmp`;
-  * on `close()` the tar is renamed into place, then the parquet, then the stats file LAST
-    (each with `os.replace`, atomic on a local file system, after an fsync);
-  * a shard is FINISHED only when its `_stats.json` exists. A crash mid-shard leaves `.tmp` files
-    (or, between renames, a final tar/parquet without stats); `finished_shards` ignores such a
-    shard, the next writer for it deletes the shard's `.tmp` files and redoes it, and its renames
-    replace any stale tar/parquet. Stale finals are replaced rather than deleted up front so that
-    two attempts of the same shard running at once (a retried or speculative worker) can only
-    write the same bytes over each other, never leave a stats file beside a deleted tar.
+Completion protocol (what resume relies on), through transforms/files.py, so the folder may be
+local or on any Beam filesystem (hdfs://, s3://, gs://):
+  * each file is written under a temporary name unique to the attempt (`.NAME.tmp-<attempt>`)
+    and committed by a rename: the tar, then the parquet, then the stats file LAST;
+  * a shard is FINISHED only when its `_stats.json` exists. A crash mid-shard leaves temporary
+    files (or, between commits, a final tar/parquet without stats); `finished_shards` ignores such
+    a shard, and the next writer for it redoes it: its commits replace any stale tar/parquet, and
+    once its stats are in place it deletes what killed attempts left. Stale finals are replaced
+    rather than deleted up front so that two attempts of the same shard running at once (a
+    retried or speculative worker) can only write the same bytes over each other, never leave a
+    stats file beside a deleted tar; an attempt that finds the stats written when it is about to
+    commit gives its own files up.
 
 Determinism: given the same rows in the same order and the same image bytes, a rerun writes a
 byte-identical tar (fixed mtime/owner/mode in every member header, JSON with a fixed key order)
 and an equal parquet table. Only the stats' timings differ.
 
-Only the standard library (`json`, `os`, `struct`) and pyarrow are used; paths are local. The tar
-is written directly (`tar_member`, `TAR_END`), byte for byte what `tarfile` writes for these
+The paths, globs and done marker of this layout are defined here and nowhere else (`shard_file`,
+`finished_shards`, `finished_files`): every reader (scoring, resume, the report, the progress
+line, remove) goes through them. The tar is written directly (`tar_member`, `TAR_END`), byte for byte what `tarfile` writes for these
 members but without its per-member Python: a shard holds three members per image.
 """
 
 import json
-import os
 import re
-import secrets
-import struct
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -44,6 +44,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from crawl2clip.transforms import files
 from crawl2clip.transforms.download.images import OUTPUT_FORMATS, ProcessedImage
 from crawl2clip.transforms.schema import TEXT, URL
 
@@ -83,8 +84,14 @@ _TAR_FIXED = {  # the ustar header fields after name and mode that never change 
     "owner": (_TAR_OWNER.encode("ascii").ljust(32, b"\0")) * 2,  # uname, gname
 }
 TAR_END = b"\0" * (2 * _TAR_BLOCK)  # two zero blocks end the archive
+
+# A shard's files by their suffix, in the order they are committed: the stats file, last, is the
+# shard's done marker.
+TAR = ".tar"
+PARQUET = ".parquet"
+STATS = "_stats.json"
+SHARD_FILES = (TAR, PARQUET, STATS)
 _STATS_RE = re.compile(r"^(\d+)_stats\.json$")
-_TMP_SUFFIX = ".tmp"
 
 
 # ---------------------------------------------------------------- tar members
@@ -122,40 +129,38 @@ def shard_name(shard_id: int) -> str:
     return f"{shard_id:05d}"
 
 
-# ---------------------------------------------------------------- resume
+# ---------------------------------------------------------------- the layout, and resume
+
+
+def shard_file(output_dir: str, shard_id: int, suffix: str) -> str:
+    """One of a shard's files: `suffix` is TAR, PARQUET or STATS."""
+    return files.join(output_dir, shard_name(shard_id) + suffix)
 
 
 def stats_path(output_dir: str, shard_id: int) -> str:
     """The shard's `_stats.json`: written last, so its existence marks the shard finished."""
-    return os.path.join(output_dir, f"{shard_name(shard_id)}_stats.json")
+    return shard_file(output_dir, shard_id, STATS)
 
 
 def finished_shards(output_dir: str) -> set[int]:
     """Ids of the shards whose `_stats.json` exists, the only mark of a finished shard."""
-    if not os.path.isdir(output_dir):
-        return set()
-    return {int(m.group(1)) for name in os.listdir(output_dir) if (m := _STATS_RE.match(name))}
+    found = (files.split(path)[1] for path in files.match(files.join(output_dir, "*" + STATS)))
+    return {int(m.group(1)) for name in found if (m := _STATS_RE.match(name))}
 
 
-def remove_temporary_files(output_dir: str, shard_id: int | None = None) -> list[str]:
-    """Deletes the `.tmp` files crashed writers left (of one shard, or all); returns their paths."""
-    if not os.path.isdir(output_dir):
-        return []
-    prefix = f"{shard_name(shard_id)}." if shard_id is not None else ""
-    prefix_stats = f"{shard_name(shard_id)}_stats." if shard_id is not None else ""
-    removed = []
-    for name in sorted(os.listdir(output_dir)):
-        if not name.endswith(_TMP_SUFFIX):
-            continue
-        if shard_id is not None and not (name.startswith(prefix) or name.startswith(prefix_stats)):
-            continue
-        path = os.path.join(output_dir, name)
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            continue
-        removed.append(path)
-    return removed
+def finished_files(output_dir: str, suffix: str) -> list[str]:
+    """One kind of file (TAR, PARQUET or STATS) of every finished shard, in shard order: what
+    readers of the download's output read (a tar or parquet without stats may be stale)."""
+    return [shard_file(output_dir, shard_id, suffix) for shard_id in sorted(finished_shards(output_dir))]
+
+
+def read_stats(output_dir: str, shard_id: int) -> dict[str, Any]:
+    return files.read_marker(stats_path(output_dir, shard_id))
+
+
+def read_shard_table(output_dir: str, shard_id: int, columns: list[str] | None = None) -> pa.Table:
+    with files.open_read(shard_file(output_dir, shard_id, PARQUET)) as f:
+        return pq.read_table(f, columns=columns)
 
 
 def retryable_rows(output_dir: str, retryable_statuses: Iterable[str]) -> list[dict[str, Any]]:
@@ -168,7 +173,7 @@ def retryable_rows(output_dir: str, retryable_statuses: Iterable[str]) -> list[d
     wanted = set(retryable_statuses)
     rows: list[dict[str, Any]] = []
     for shard_id in sorted(finished_shards(output_dir)):
-        table = pq.read_table(os.path.join(output_dir, f"{shard_name(shard_id)}.parquet"))
+        table = read_shard_table(output_dir, shard_id)
         input_columns = [name for name in table.column_names if name not in OUTPUT_COLUMNS]
         for record in table.to_pylist():
             if record[STATUS] in wanted:
@@ -187,12 +192,6 @@ def _as_dict(row: Any) -> dict[str, Any]:
     raise TypeError(f"a row must be a mapping or a NamedTuple, not {type(row).__name__}")
 
 
-def _fsync_close(file) -> None:
-    file.flush()
-    os.fsync(file.fileno())
-    file.close()
-
-
 class ShardWriter:
     """Writes one shard; add rows in input order with `write`, then `close` (or use `with`).
 
@@ -203,10 +202,11 @@ class ShardWriter:
                 except ImageRejected as error:
                     writer.write(row, status=error.reason, error_message=error.detail)
 
-    Creating a writer deletes the shard's leftover `.tmp` files. A finished shard (stats present)
-    raises FileExistsError unless overwrite=True, which first deletes its stats (so it reads as
-    unfinished until this writer closes). Leaving the `with` block on an exception aborts: the
-    temporary files are deleted and nothing final is touched.
+    A finished shard (stats present) raises FileExistsError unless overwrite=True, which first
+    deletes its stats (so it reads as unfinished until this writer closes). Leaving the `with`
+    block on an exception aborts: the temporary files are deleted and nothing final is touched.
+
+    fsync: on a local disk, make each file durable before its rename (remote filesystems do).
 
     input_schema: Arrow schema of the input columns, so every shard's parquet has the same types
     (inferred from the shard's rows when None: an all-null column then comes out as type null).
@@ -231,24 +231,16 @@ class ShardWriter:
         self.output_format = output_format
         self.input_schema = input_schema
         self._fsync = fsync
-        os.makedirs(output_dir, exist_ok=True)
 
-        name = shard_name(shard_id)
-        self.tar_path = os.path.join(output_dir, f"{name}.tar")
-        self.parquet_path = os.path.join(output_dir, f"{name}.parquet")
+        self.tar_path = shard_file(output_dir, shard_id, TAR)
+        self.parquet_path = shard_file(output_dir, shard_id, PARQUET)
         self.stats_path = stats_path(output_dir, shard_id)
-        if os.path.exists(self.stats_path):
+        if files.marker_exists(self.stats_path):
             if not overwrite:
-                raise FileExistsError(f"shard {name} is already finished: {self.stats_path}")
-            os.remove(self.stats_path)
-        remove_temporary_files(output_dir, shard_id)
+                raise FileExistsError(f"shard {shard_name(shard_id)} is already finished: {self.stats_path}")
+            files.delete(self.stats_path)
 
-        token = secrets.token_hex(6)
-        self._tar_tmp = f"{self.tar_path}.{token}{_TMP_SUFFIX}"
-        self._parquet_tmp = f"{self.parquet_path}.{token}{_TMP_SUFFIX}"
-        self._stats_tmp = f"{self.stats_path}.{token}{_TMP_SUFFIX}"
-
-        self._tar_file = open(self._tar_tmp, "wb")
+        self._tar = files.PendingFile(self.tar_path, durable=fsync)  # written as rows come
         self._tar_size = 0
         self._records: list[dict[str, Any]] = []
         self._status_counts: Counter = Counter()
@@ -321,7 +313,7 @@ class ShardWriter:
 
     def _add_member(self, name: str, data: bytes) -> None:
         member = tar_member(name, data)
-        self._tar_file.write(member)
+        self._tar.file.write(member)
         self._tar_size += len(member)
 
     # -- finishing
@@ -352,59 +344,39 @@ class ShardWriter:
             "failures": self.count - successes,
             "status_counts": counts,
             "image_bytes": self._image_bytes,
-            "tar_bytes": os.path.getsize(self.tar_path) if os.path.exists(self.tar_path) else None,
+            "tar_bytes": self._tar_size,
             "start_time": self._start,
             "end_time": time.time(),
             "seconds": time.monotonic() - self._start_monotonic,
         }
 
     def close(self) -> dict[str, Any]:
-        """Finishes the shard: tar, then parquet, then stats renamed into place; returns the stats."""
+        """Finishes the shard: tar, then parquet, then stats committed; returns the stats."""
         if self._closed:
             raise ValueError("the shard writer is closed")
         self._closed = True
         try:
-            self._tar_file.write(tar_end(self._tar_size))
-            self._finish_file(self._tar_file)
-            pq.write_table(self.table(), self._parquet_tmp)
-            if self._fsync:
-                with open(self._parquet_tmp, "rb") as parquet:
-                    os.fsync(parquet.fileno())
-            os.replace(self._tar_tmp, self.tar_path)
-            os.replace(self._parquet_tmp, self.parquet_path)
+            if files.marker_exists(self.stats_path):  # another attempt finished it meanwhile
+                self._tar.discard()
+                return read_stats(self.output_dir, self.shard_id)
+            end = tar_end(self._tar_size)
+            self._tar.file.write(end)
+            self._tar_size += len(end)
+            self._tar.commit()
+            files.write_atomic(self.parquet_path, lambda out: pq.write_table(self.table(), out), self._fsync)
             stats = self.stats()
-            with open(self._stats_tmp, "w", encoding="utf-8") as stats_file:
-                json.dump(stats, stats_file, indent=2)
-                stats_file.write("\n")
-                if self._fsync:
-                    stats_file.flush()
-                    os.fsync(stats_file.fileno())
-            os.replace(self._stats_tmp, self.stats_path)  # LAST: from now on the shard is finished
+            files.write_marker(self.stats_path, stats, self._fsync)  # LAST: from now on the shard is finished
         except BaseException:
-            self._remove_temporary()
+            self._tar.discard()
             raise
+        for path in (self.tar_path, self.parquet_path, self.stats_path):  # what killed attempts left
+            for leftover in files.temporaries(path):
+                files.delete(leftover)
         return stats
 
     def abort(self) -> None:
-        """Gives the shard up: closes and deletes the temporary files, touches nothing final."""
+        """Gives the shard up: deletes the temporary files, touches nothing final."""
         if self._closed:
             return
         self._closed = True
-        self._tar_file.close()
-        self._remove_temporary()
-
-    def _finish_file(self, file) -> None:
-        if self._fsync:
-            _fsync_close(file)
-        else:
-            file.close()
-
-    def _remove_temporary(self) -> None:
-        if not self._tar_file.closed:
-            self._tar_file.close()
-        for path in (self._tar_tmp, self._parquet_tmp, self._stats_tmp):
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                pass
-
+        self._tar.discard()
