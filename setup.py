@@ -42,8 +42,9 @@ setup(
     include_package_data=True,
     package_data={
         "crawl2clip.templates": ["*.yaml", "*.json"],
-        # the project's tiny CLIP and content heads (models/assets), the explorer's page
-        "crawl2clip.models": ["assets/*"],
+        # the project's tiny CLIP, its multilingual tower (a folder) and content heads
+        # (models/assets), the explorer's page
+        "crawl2clip.models": ["assets/*", "assets/*/*", "assets/*/*/*"],
         "crawl2clip.explorer": ["static/*"],
     },
     install_requires=[
@@ -76,9 +77,14 @@ setup(
         "python-multipart>=0.0.9",
         # scikit-learn's joblib 1.6 wants cloudpickle 3, Beam 2.62 pins cloudpickle 2.2.
         "joblib<1.6",
+        # crawl2clip compare trains with open_clip's own trainer (open_clip_train), on the webdataset
+        # versions open_clip pins: from 0.2.96 on, the tar reader's end-of-shard marker breaks
+        # open_clip_train's sample grouping (KeyError 'fname'; webdataset#384).
+        "webdataset>=0.2.5,<=0.2.86",
+        "pandas>=2",  # open_clip_train's data module imports it
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "selectolax>=1.0", "requests>=2.31", "webdataset>=1.0", "selenium>=4.20",
+        "test": ["pytest>=8", "hypothesis>=6.100", "selectolax>=1.0", "requests>=2.31", "selenium>=4.20",
                  "scikit-learn>=1.4"],
         "aws": ["apache-beam[aws]==2.62.0"],
         "gcp": ["apache-beam[gcp]==2.62.0"],

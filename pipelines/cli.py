@@ -14,6 +14,9 @@
     crawl2clip run --input WARC_GLOB --output DIR [--prune --keep-fraction F] [options]   # every stage
     crawl2clip run --template NAME --set KEY=VALUE ... [Beam options]   # a deploy/templates job
     crawl2clip report DIR                   # DIR/report.html + report.json of a run (or of stages run alone)
+    crawl2clip remove --dataset DIR --blocklist [KIND:]FILE [--output DIR2]   # clean a finished run
+    crawl2clip compare --run DIR --variants raw,clip,clip+safe,dbp:0.5 --output DIR [--steps N]   # train, evaluate
+    crawl2clip compare --demo [--output DIR]   # a bigger, noisier sample crawl, its run, its comparison
     crawl2clip templates                    # lists the templates
     crawl2clip flex-metadata [--output FILE]   # Dataflow Flex Template metadata.json
 
@@ -25,18 +28,19 @@ import argparse
 import contextlib
 import logging
 import os
-import shutil
 import sys
+import tempfile
 import time
 
 from crawl2clip.pipelines.config import ConfigError, expand_config_flag
 from crawl2clip.pipelines.download import build_download
 from crawl2clip.pipelines.extract import build_extract, input_patterns
-from crawl2clip.pipelines.index import build_index
+from crawl2clip.pipelines.flags import FlagError, check_flags
 from crawl2clip.pipelines.options import Crawl2ClipOptions, output_flag_to_output_dir
 from crawl2clip.pipelines.progress import ProgressDisplay
 from crawl2clip.pipelines.run import PipelineFailed, run_pipeline, with_default_runner
 from crawl2clip.pipelines.replay import replay_proxy
+from crawl2clip.pipelines.resume import finished_work
 from crawl2clip.pipelines.sample_crawl import write_sample_crawl
 from crawl2clip.pipelines.templates import (
     flex_template_metadata_json,
@@ -44,6 +48,7 @@ from crawl2clip.pipelines.templates import (
     render,
     template_names,
 )
+from crawl2clip.transforms import files
 from crawl2clip.transforms.progress import PROGRESS_FOLDER
 
 DEMO_OUTPUT = os.path.join("output", "demo")
@@ -66,23 +71,53 @@ def _print_report(report: dict, outputs: dict[str, str]) -> None:
         print(f"{label + ':':<17}{path}")
 
 
+def output_problem(path: str, flag: str = "--output") -> str | None:
+    """Why a local output folder cannot be written (None when it can): it is a file, or it
+    cannot be created or written in. Creates the folder. (Remote folders: filesystem_problems.)"""
+    if not files.is_local(path):
+        return None
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{flag} {path}: a file is there, not a folder"
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return f"{flag} {path}: cannot write there ({exc.strerror or exc})"
+    return None
+
+
 def _run_stage(command: str, description: str, argv: list[str], validate, build, outputs,
-               progress=None, finish=None) -> int:
-    """The shared life of a stage command: help, options, fail-fast checks, run, report.
-    `progress(options)` gives a display to show while the job runs; `finish(options, report)`
-    does what comes after it and returns more outputs to print."""
+               progress=None, finish=None, execute=None, carried=None) -> int:
+    """The shared life of a stage command: help, flags, options, fail-fast checks, run, report.
+    `execute(options, stage)` runs the job and returns its report (default: one pipeline built
+    by `build`); `carried(stage)` gives the counters of the work an earlier run finished in the
+    output (pipelines/resume.py); `progress(stage)` gives a display to show while the job runs;
+    `finish(stage, report)` does what comes after it and returns more outputs to print."""
     if "-h" in argv or "--help" in argv:
         _stage_help(command, description)
         return 0
+    try:
+        check_flags(argv, ("--output",))
+    except FlagError as exc:
+        print(f"crawl2clip {command}: {exc}", file=sys.stderr)
+        return 2
     options = Crawl2ClipOptions(with_default_runner(output_flag_to_output_dir(argv)))
     stage = options.view_as(Crawl2ClipOptions)
-    problems = validate(stage)
+    files.configure(options)  # before anything touches hdfs://, s3://, ...
+    problems = stage.filesystem_problems() or validate(stage)
+    if not problems and stage.output_dir and (problem := output_problem(stage.output_dir)):
+        problems = [problem]
     if problems:
         print(f"crawl2clip {command}: " + "; ".join(problems), file=sys.stderr)
         return 2
+    if execute is None:
+        def execute(options, stage):
+            return run_pipeline(options, lambda p: build(p, stage), stage.output_dir,
+                                carried(stage) if carried else None)
     try:
         with progress(stage) if progress else contextlib.nullcontext():
-            report = run_pipeline(options, lambda p: build(p, stage), stage.output_dir)
+            report = execute(options, stage)
     except (PipelineFailed, ValueError) as exc:
         print(f"crawl2clip {command}: {exc}", file=sys.stderr)
         return 1
@@ -109,10 +144,13 @@ def download(argv: list[str]) -> int:
         Crawl2ClipOptions.validate_download, build_download,
         lambda out: {"Shards": os.path.join(out, "*.tar") + " (+ .parquet, _stats.json)",
                      "Metrics": os.path.join(out, "metrics.json")},
+        carried=lambda stage: finished_work("download", stage.output_dir),
     )
 
 
 def index(argv: list[str]) -> int:
+    # Imported here: faiss and the index stack are only needed by this command.
+    from crawl2clip.pipelines.index import build_index
     return _run_stage(
         "index", "Build a kNN index (faiss) over the scoring stage's embeddings, with what the "
                  "explorer serves: metadata, vectors, thumbnails.", argv,
@@ -146,6 +184,7 @@ def score(argv: list[str]) -> int:
                      "Dropped pairs": os.path.join(out, "dropped", "dropped_*.parquet"),
                      "Settings": os.path.join(out, "scoring.json"),
                      "Metrics": os.path.join(out, "metrics.json")},
+        carried=lambda stage: finished_work("score", stage.output_dir),
     )
 
 
@@ -163,23 +202,17 @@ def _prune_outputs(out: str) -> dict[str, str]:
 def prune(argv: list[str]) -> int:
     # Imported here: faiss and matplotlib are only needed by the prune commands.
     from crawl2clip.pipelines.prune import build_prune, prune_single_machine
-    stage = Crawl2ClipOptions(output_flag_to_output_dir(argv)).view_as(Crawl2ClipOptions)
-    if not ("-h" in argv or "--help" in argv) and stage.prune_single_machine:
-        problems = stage.validate_prune()
-        if problems:
-            print("crawl2clip prune: " + "; ".join(problems), file=sys.stderr)
-            return 2
+
+    def execute(options, stage: Crawl2ClipOptions) -> dict:
+        if not stage.prune_single_machine:
+            return run_pipeline(options, lambda p: build_prune(p, stage), stage.output_dir)
         started = time.time()
-        try:
-            totals = prune_single_machine(stage.input[0], stage.output_dir, stage.prune_settings())
-        except ValueError as exc:
-            print(f"crawl2clip prune: {exc}", file=sys.stderr)
-            return 1
-        _print_report({"runner": "this process (--prune-single-machine)", "seconds": time.time() - started,
-                       "counters": totals}, _prune_outputs(stage.output_dir))
-        return 0
+        totals = prune_single_machine(stage.input[0], stage.output_dir, stage.prune_settings())
+        return {"runner": "this process (--prune-single-machine)", "seconds": time.time() - started,
+                "counters": totals}
+
     return _run_stage("prune", _PRUNE_DESCRIPTION, argv, Crawl2ClipOptions.validate_prune, build_prune,
-                      _prune_outputs)
+                      _prune_outputs, execute=execute)
 
 
 def prune_apply(argv: list[str]) -> int:
@@ -194,10 +227,25 @@ def prune_apply(argv: list[str]) -> int:
     )
 
 
+def remove(argv: list[str]) -> int:
+    from crawl2clip.pipelines.remove import execute, validate
+    return _run_stage(
+        "remove", "Apply removal lists to a finished crawl2clip run: the listed pairs leave every stage's "
+                  "files (shards, parquet, embeddings, prune lists), the index is rebuilt, each removal is "
+                  "audited. In place, or into --output DIR2.", argv,
+        validate, None,
+        lambda out: {"Cleaned run": out, "Audit": os.path.join(out, "removed", "remove-*.parquet"),
+                     "Report": os.path.join(out, "report.html")},
+        execute=execute)
+
+
 # The demo's settings: the project's tiny CLIP (trained on rendered scenes, where matched pairs
 # score 0.55-0.85 and mismatched ones under 0.35: LAION's 0.28 is for ViT-B/32), a small prune.
-DEMO_FLAGS = ["--tiny-clip", "--min-similarity-en", "0.45", "--min-similarity-multi", "0.4",
-              "--image-size", "128", "--shard-size", "100",
+# Its multilingual tower is distilled onto the English text tower (held-out cosine 0.995), so
+# both splits share one threshold. The sample crawl's 160-pixel renders weigh 2-16 KB: keep them
+# all (--min-image-bytes 0).
+DEMO_FLAGS = ["--tiny-clip", "--min-similarity-en", "0.45", "--min-similarity-multi", "0.45",
+              "--image-size", "128", "--shard-size", "100", "--min-image-bytes", "0",
               "--prune", "--keep-fraction", "0.5", "--prune-clusters", "8"]
 
 
@@ -209,6 +257,14 @@ def demo(argv: list[str]) -> int:
     parser.add_argument("--output", default=DEMO_OUTPUT, help="demo folder (default: %(default)s)")
     parser.add_argument("--pages", type=int, default=200, help="pages in the sample crawl (default: %(default)s)")
     args, run_args = parser.parse_known_args(argv)
+    try:
+        check_flags(argv, ("--output", "--pages"))
+    except FlagError as exc:
+        parser.error(str(exc))
+    if args.pages < 1:
+        parser.error("--pages must be >= 1")
+    if problem := output_problem(args.output):
+        parser.error(problem)
     crawl = os.path.join(args.output, "sample-crawl.warc.gz")
     summary = write_sample_crawl(crawl, pages=args.pages)
     print(f"Sample crawl: {crawl} ({summary['pages']} pages, {summary['pictures']} pictures, "
@@ -225,7 +281,12 @@ def sample_crawl(argv: list[str]) -> int:
     parser.add_argument("--output", required=True, help="the .warc.gz file to write")
     parser.add_argument("--pages", type=int, default=200, help="number of HTML pages (default: %(default)s)")
     args = parser.parse_args(argv)
-    print(write_sample_crawl(args.output, pages=args.pages))
+    if args.pages < 1:
+        parser.error("--pages must be >= 1")
+    try:
+        print(write_sample_crawl(args.output, pages=args.pages))
+    except OSError as exc:
+        parser.error(f"--output {args.output}: cannot write it ({exc.strerror or exc})")
     return 0
 
 
@@ -236,11 +297,11 @@ def run(argv: list[str]) -> int:
 
 
 def run_end_to_end(argv: list[str]) -> int:
-    """Every stage as one Beam pipeline into DIR, with a progress line and the run report."""
+    """Every stage into DIR, one Beam pipeline each, with a progress line and the run report."""
     # Imported only once the options are checked: torch, open_clip and faiss take seconds.
-    def build(pipeline, stage: Crawl2ClipOptions) -> None:
-        from crawl2clip.pipelines.end_to_end import build_end_to_end
-        build_end_to_end(pipeline, stage)
+    def execute(options, stage: Crawl2ClipOptions) -> dict:
+        from crawl2clip.pipelines.end_to_end import run_end_to_end as run_stages
+        return run_stages(options, stage)
 
     def progress(stage: Crawl2ClipOptions) -> ProgressDisplay:
         from crawl2clip.pipelines.end_to_end import stage_dir
@@ -251,19 +312,17 @@ def run_end_to_end(argv: list[str]) -> int:
                                total_files=len(input_patterns(stage)), shard_size=stage.shard_size)
 
     def finish(stage: Crawl2ClipOptions, report: dict) -> dict[str, str]:
-        from crawl2clip.pipelines.end_to_end import split_metrics_by_stage
         from crawl2clip.pipelines.report import write_report
 
-        split_metrics_by_stage(stage.output_dir, report)
-        shutil.rmtree(os.path.join(stage.output_dir, "extract", PROGRESS_FOLDER), ignore_errors=True)
+        files.delete(files.join(stage.output_dir, "extract", PROGRESS_FOLDER))
         return {"Report": write_report(stage.output_dir)}
 
     return _run_stage(
-        "run", "Run every stage as one pipeline: extract, language, download, CLIP score and content "
+        "run", "Run every stage, one pipeline each: extract, language, download, CLIP score and content "
                "tags, optionally SemDeDup + DBP prune; write the run report.", argv,
-        Crawl2ClipOptions.validate_run, build,
+        Crawl2ClipOptions.validate_run, None,
         lambda out: {"Run folder": out, "Metrics": os.path.join(out, "metrics.json")},
-        progress=progress, finish=finish)
+        progress=progress, finish=finish, execute=execute)
 
 
 def report(argv: list[str]) -> int:
@@ -288,6 +347,10 @@ def run_template(argv: list[str]) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a template variable; VALUE is read as YAML (numbers, true/false, [lists])")
     args, beam_args = parser.parse_known_args(argv)
+    try:
+        check_flags(beam_args)
+    except FlagError as exc:
+        parser.error(str(exc))
     # Imported here: Beam YAML's providers are slow to import and only this command needs them.
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.yaml import yaml_transform
@@ -311,12 +374,18 @@ def run_template(argv: list[str]) -> int:
     return 0
 
 
+def compare(argv: list[str]) -> int:
+    from crawl2clip.pipelines.compare import main as compare_main  # torch and open_clip_train: only here
+    return compare_main(argv)
+
+
 def train_head(argv: list[str]) -> int:
     from crawl2clip.pipelines.train_head import main as train_head_main  # numpy only; no Beam
     return train_head_main(argv)
 
 
 def list_templates(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="crawl2clip templates", description="List the templates.").parse_args(argv)
     print("\n".join(template_names()))
     return 0
 
@@ -334,6 +403,11 @@ def flex_metadata(argv: list[str]) -> int:
     return 0
 
 
+# Commands whose flags are pipeline options (crawl2clip's and Beam's), and the few other keys
+# their config files may hold (demo's own flags, run --template's).
+OPTION_COMMANDS = ("extract", "download", "score", "prune", "prune-apply", "index", "demo", "run", "remove")
+CONFIG_EXTRA_KEYS = ("--output", "--pages", "--template", "--set")
+
 COMMANDS = {
     "extract": extract,
     "download": download,
@@ -344,10 +418,12 @@ COMMANDS = {
     "serve": serve,
     "subset": subset,
     "train-head": train_head,
+    "compare": compare,
     "demo": demo,
     "sample-crawl": sample_crawl,
     "run": run,
     "report": report,
+    "remove": remove,
     "templates": list_templates,
     "flex-metadata": flex_metadata,
 }
@@ -359,8 +435,11 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # A stage command's config keys must be options (crawl2clip's or Beam's); other commands'
+    # parsers refuse unknown keys themselves.
+    check = (lambda flags: check_flags(flags, CONFIG_EXTRA_KEYS)) if argv[0] in OPTION_COMMANDS else None
     try:
-        args = expand_config_flag(argv[1:])
+        args = expand_config_flag(argv[1:], check)
     except ConfigError as exc:
         print(f"crawl2clip {argv[0]}: {exc}", file=sys.stderr)
         return 2

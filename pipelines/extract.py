@@ -5,6 +5,7 @@ import os
 import apache_beam as beam
 
 from crawl2clip.pipelines.options import Crawl2ClipOptions
+from crawl2clip.transforms.consent.transform import WriteRemoved
 from crawl2clip.transforms.errors import WriteErrors
 from crawl2clip.transforms.extract.transform import ExtractCandidates
 from crawl2clip.transforms.httpfs import expand_path_listing
@@ -24,7 +25,8 @@ def build_extract(pipeline: beam.Pipeline, options: Crawl2ClipOptions) -> beam.P
     """Returns the names of the files written (pairs and errors), complete when the stage is."""
     progress_dir = os.path.join(options.output_dir, PROGRESS_FOLDER)
     result = pipeline | "Extract" >> ExtractCandidates(input_patterns(options), options.extraction_rules(),
-                                                       progress_dir)
+                                                       progress_dir, options.ignore_page_optouts,
+                                                       options.blocklist_settings())
     if options.no_langid:
         pairs = result["pairs"] | "NoLanguage" >> NoLanguage()
     else:
@@ -33,4 +35,7 @@ def build_extract(pipeline: beam.Pipeline, options: Crawl2ClipOptions) -> beam.P
         os.path.join(options.output_dir, "pairs", "pairs"), CANDIDATE_SCHEMA, file_name_suffix=".parquet"
     )
     error_files = result["errors"] | "WriteErrors" >> WriteErrors(options.output_dir)
-    return (pair_files, error_files) | "WrittenFiles" >> beam.Flatten()
+    written = [pair_files, error_files]
+    if "removed" in result:  # removal lists given: their audit rows, extract/removed/*.parquet
+        written.append(result["removed"] | "WriteRemoved" >> WriteRemoved(options.output_dir))
+    return tuple(written) | "WrittenFiles" >> beam.Flatten()

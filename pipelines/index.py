@@ -15,14 +15,19 @@ _CLIP_FIELDS = ("model", "pretrained", "device", "precision")
 
 
 def clip_from_scoring(score_dir: str) -> dict | None:
-    """The CLIP that encoded SCORE_DIR's embeddings, as named in its scoring.json: the first
-    {"model": ..., "pretrained": ...} found, preferring the English split's."""
+    """The CLIP that encoded SCORE_DIR's embeddings, as named in its scoring.json: its
+    `image_tower` with the `text_towers` of each route (queries are encoded by their language's),
+    or in older files the first {"model": ..., "pretrained": ...} found, preferring the English split's."""
     path = os.path.join(score_dir, SCORING_JSON)
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
-        found: list[tuple[tuple[str, ...], dict]] = []
-        _find_specs(json.load(f), (), found)
+        scoring = json.load(f)
+    if isinstance(scoring.get("image_tower"), dict):
+        return {**{k: v for k, v in scoring["image_tower"].items() if k in _CLIP_FIELDS},
+                "text_towers": scoring.get("text_towers", {})}
+    found: list[tuple[tuple[str, ...], dict]] = []
+    _find_specs(scoring, (), found)
     if not found:
         return None
     found.sort(key=lambda item: "en" not in item[0])

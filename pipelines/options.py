@@ -7,23 +7,52 @@ templates and remote workers all see the same options, and every Beam runner fla
 
 import argparse
 import os
+import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from crawl2clip.transforms.download.client import FetchOptions
+from crawl2clip.transforms import files
+from crawl2clip.transforms.consent.blocklists import (
+    DEFAULT_PHASH_DISTANCE,
+    REMOVE_KINDS,
+    BlocklistSettings,
+    blocklist_problems,
+)
+from crawl2clip.transforms.download.client import FetchOptions, proxy_url_problem
 from crawl2clip.transforms.download.images import OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
+from crawl2clip.transforms.download.shards import finished_shards
 from crawl2clip.transforms.extract.rules import ExtractionRules
 from crawl2clip.transforms.index.choice import EXACT_MAX_ROWS, parse_memory
 from crawl2clip.transforms.language import DEFAULT_THRESHOLD
 from crawl2clip.transforms.prune.settings import KEEP_MODES, PruneSettings
-from crawl2clip.transforms.score.settings import DEFAULT_MIN_SIMILARITY, EN, MULTI, BatchSizes
+from crawl2clip.transforms.score.settings import (
+    CPU_BATCH,
+    DEFAULT_MIN_SIMILARITY,
+    DEFAULT_MULTI_TEXT_MODEL,
+    EN,
+    GPU_BATCH,
+    MULTI,
+)
 
 COMMON_CRAWL_PREFIX = "https://data.commoncrawl.org/"
 _DEFAULT_RULES = ExtractionRules()
 _DEFAULT_RESIZE = ResizeSpec()
 _DEFAULT_FETCH = FetchOptions()
 _DEFAULT_PRUNE = PruneSettings()
-_DEFAULT_BATCHES = BatchSizes()
+_CLIP_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # what models/clip.py runs on
+
+RUN_STAGES = ("extract", "download", "score", "prune")  # crawl2clip run's stages, in order
+# The stages whose every file goes through transforms/files.py, so their folders may be on any
+# Beam filesystem (hdfs://, s3://, gs://); the others read and write local folders only, for now.
+ANY_FILESYSTEM_STAGES = ("extract", "download")
+_LOCAL_ONLY = "reads and writes local folders only, for now"
+# The options that name files or folders, as users type them: checked for a reachable filesystem.
+_PATH_FLAGS = {"input": "--input", "output_dir": "--output", "retry_failed": "--retry-failed",
+               "input_list": "--input-list", "dataset": "--dataset", "embeddings": "--embeddings",
+               "kept": "--kept", "shards": "--shards", "langid_model": "--langid-model",
+               "unsafe_head": "--unsafe-head", "watermark_model": "--watermark-model",
+               "watermark_head": "--watermark-head", "aesthetic_head": "--aesthetic-head",
+               "toxicity_model": "--toxicity-model"}
 
 
 def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
@@ -67,6 +96,9 @@ class Crawl2ClipOptions(PipelineOptions):
         _add(parser, "no-lazy-src", action="store_true", default=False,
              help="Do not fall back to data-src/data-lazy-src/data-original when src is "
                   "missing or a data: placeholder.")
+        _add(parser, "max-record-bytes", default=str(_DEFAULT_RULES.max_record_bytes), metavar="SIZE",
+             help="Records with a bigger content block are not read, only counted and recorded as "
+                  "record_too_large (memory stays flat), e.g. 64MB or a byte count (default: 64 MiB).")
 
         _add(parser, "no-langid", action="store_true", default=False,
              help="Do not identify caption languages (LANGUAGE, LANGUAGE_SCORE and split stay empty).")
@@ -89,6 +121,9 @@ class Crawl2ClipOptions(PipelineOptions):
              help="JPEG/WebP quality of the stored images (1-100).")
         _add(parser, "min-image-size", type=int, default=_DEFAULT_RESIZE.min_image_size,
              help="Drop images whose smaller side is under this many pixels.")
+        _add(parser, "min-image-bytes", type=int, default=_DEFAULT_RESIZE.min_bytes,
+             help="Drop images whose body as downloaded is under this many bytes (icons, spacers, "
+                  "thumbnails); 0 keeps them.")
         _add(parser, "max-image-pixels", type=int, default=_DEFAULT_RESIZE.max_pixels,
              help="Refuse images with more pixels than this (decompression bombs; LAION: 89,478,484).")
         _add(parser, "shard-size", type=int, default=1000,
@@ -112,26 +147,49 @@ class Crawl2ClipOptions(PipelineOptions):
              help="Instead of --input: the rows of an earlier download into DIR that failed in a "
                   "retryable way (timeouts, 429, 5xx, connection errors).")
 
+        # consent and removal (extract, download, run; remove: a finished run)
+        _add(parser, "ignore-page-optouts", action="store_true", default=False,
+             help="Keep the pairs of pages that opt out (meta robots/X-Robots-Tag noai or noimageai, "
+                  "TDMRep tdm-reservation 1); the page_optout column says which reservation applied.")
+        _add(parser, "blocklist", action="extend", nargs="+", default=None, metavar="[KIND:]FILE",
+             help="A removal list (repeatable; any Beam filesystem, .gz too): URLs, URL hashes and "
+                  "domains are applied at extract, image hashes right after download. KIND (url, "
+                  "url-sha256, url-md5, domain, image-sha256, image-md5, image-phash) or a first line "
+                  "'# crawl2clip-blocklist: KIND' says what it lists.")
+        _add(parser, "phash-distance", type=int, default=DEFAULT_PHASH_DISTANCE,
+             help="image-phash lists: an image matches an entry at most this many bits away (of 64).")
+        _add(parser, "dataset", default=None, metavar="DIR",
+             help="crawl2clip remove: the finished run folder (crawl2clip run's --output) to clean.")
+
         # score (crawl2clip score: download shards -> CLIP embeddings, similarity, content tags)
         _add(parser, "clip-model", default="ViT-B-32",
-             help="open_clip model scoring the en split (LAION: ViT-B-32).")
+             help="open_clip model: its image tower embeds every image, its text tower the en "
+                  "captions (LAION: ViT-B-32).")
         _add(parser, "clip-pretrained", default="openai", metavar="TAG_OR_PATH",
              help="Its open_clip pretrained tag (weights in open_clip's cache) or a checkpoint file.")
-        _add(parser, "multi-clip-model", default="xlm-roberta-base-ViT-B-32",
-             help="Multilingual open_clip model scoring the multi and nolang splits (and pairs "
-                  "without a split).")
-        _add(parser, "multi-clip-pretrained", default="laion5b_s13b_b90k", metavar="TAG_OR_PATH",
-             help="Its pretrained tag or checkpoint file.")
+        _add(parser, "multi-text-model", default=DEFAULT_MULTI_TEXT_MODEL, metavar="MCLIP_OR_clip",
+             help="Text tower of the multi and nolang captions, trained into --clip-model's space: an "
+                  "M-CLIP tower (Hugging Face id, local folder or any Beam filesystem folder; LAION's "
+                  "for ViT-B-32: %(default)s), or 'clip' for --clip-model's own text tower (a "
+                  "multilingual CLIP such as xlm-roberta-base-ViT-B-32 for every split).")
+        _add(parser, "multi-clip-model", default=None,
+             help="Only --clip-model itself is accepted (its text tower for every split): a second "
+                  "CLIP would put a second image space into the run. Use --multi-text-model.")
+        _add(parser, "multi-clip-pretrained", default=None, metavar="TAG_OR_PATH",
+             help="With --multi-clip-model: --clip-pretrained's value.")
         _add(parser, "tiny-clip", action="store_true", default=False,
-             help="Score every split with the project's tiny CLIP (models/assets; demos and tests).")
+             help="Score with the project's tiny CLIP and its tiny multilingual text tower "
+                  "(models/assets; demos and tests).")
         _add(parser, "clip-device", default="auto",
-             help="torch device of the CLIP models (auto: CUDA when present).")
+             help="torch device of the CLIP models (auto: CUDA when present; with several GPUs each "
+                  "worker process takes its own: LOCAL_RANK, else a free per-process slot).")
         _add(parser, "clip-precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
              help="auto: bf16 autocast on GPUs, fp32 on CPUs.")
-        _add(parser, "image-batch-size", type=int, default=_DEFAULT_BATCHES.images,
-             help="Images per forward pass of the image tower.")
-        _add(parser, "text-batch-size", type=int, default=_DEFAULT_BATCHES.texts,
-             help="Captions per forward pass of the text tower.")
+        _add(parser, "image-batch-size", type=int, default=None,
+             help="Images per forward pass of the image tower; batches run across download shards "
+                  f"(default: {GPU_BATCH} on a GPU, {CPU_BATCH} on CPU).")
+        _add(parser, "text-batch-size", type=int, default=None,
+             help=f"Captions per forward pass of the text tower (default: {GPU_BATCH} on a GPU, {CPU_BATCH} on CPU).")
         _add(parser, "decode-workers", type=int, default=None,
              help="Threads per worker decoding and preprocessing images ahead of the model "
                   "(default: Python's thread-pool default for the worker's cores).")
@@ -142,10 +200,21 @@ class Crawl2ClipOptions(PipelineOptions):
         _add(parser, "score-only", action="store_true", default=False,
              help="Score every pair and drop none (no similarity or content filtering).")
         _add(parser, "unsafe-head", default=None, metavar="PATH",
-             help="NSFW head file (models/heads.py format). Default: zero-shot prompts.")
+             help="NSFW head on the image embedding: LAION's clip_autokeras_nsfw_b32.zip (ViT-B/32), "
+                  "clip_autokeras_binary_nsfw.zip (ViT-L/14), h14_nsfw.pth, or a train-head .npz "
+                  "(local or any Beam filesystem). Default: not computed.")
+        _add(parser, "watermark-model", default=None, metavar="PATH",
+             help="LAION's watermark detector (watermark_model_v1.pt: EfficientNet-B3 on 256 px "
+                  "pixels), local or any Beam filesystem.")
         _add(parser, "watermark-head", default=None, metavar="PATH",
-             help="Watermark head file. Default: models/assets/watermark-head.npz for the CLIP it "
-                  "was trained on, zero-shot prompts otherwise.")
+             help="Or a watermark head on the image embedding (.npz). Default: "
+                  "models/assets/watermark-head.npz for the CLIP it was trained on, else not computed.")
+        _add(parser, "aesthetic-head", default=None, metavar="PATH",
+             help="LAION-Aesthetics predictor (sa_0_4_vit_b_32_linear.pth, ...-l14-linearMSE.pth, ...) "
+                  "for an `aesthetic` column. Default: not computed.")
+        _add(parser, "zero-shot-tags", action="store_true", default=False,
+             help="Compute punsafe/pwatermark with CLIP zero-shot prompts where no head is given "
+                  "(labelled zero-shot; weak, most of all on a small CLIP).")
         _add(parser, "toxicity-model", default=None, metavar="PATH",
              help="Caption toxicity model: a head on caption embeddings (.npz) or a lexicon (.tsv). "
                   "Default: the built-in multilingual lexicon.")
@@ -182,6 +251,8 @@ class Crawl2ClipOptions(PipelineOptions):
         # run (crawl2clip run: every stage as one pipeline)
         _add(parser, "prune", action="store_true", default=False,
              help="crawl2clip run: also SemDeDup + DBP-prune the scored pairs (needs --keep-fraction).")
+        _add(parser, "stop-after", default=None, choices=RUN_STAGES, metavar="STAGE",
+             help="crawl2clip run: run the stages up to this one only (extract, download, score, prune).")
 
         # prune (crawl2clip prune / prune-apply: SemDeDup + Density-Based Pruning of SCORE_DIR)
         _add(parser, "keep-fraction", type=float, default=None, metavar="F",
@@ -216,7 +287,17 @@ class Crawl2ClipOptions(PipelineOptions):
         _add(parser, "shards", default=None, metavar="DOWNLOAD_DIR",
              help="prune-apply: also write pruned copies of the webdataset shards found here.")
 
+    def local_folders_only(self, stage: str) -> list[str]:
+        """The folders of a stage that does not write through transforms/files.py yet, given on
+        another filesystem: refused before any work rather than failing midway."""
+        flags = {"--input": (self.input or [None])[0], "--output": self.output_dir, "--embeddings": self.embeddings,
+                 "--kept": self.kept, "--shards": self.shards}
+        return [f"{flag} {path}: the {stage} stage {_LOCAL_ONLY}" for flag, path in flags.items()
+                if path and not files.is_local(path)]
+
     def validate_score(self) -> list[str]:
+        if problems := self.local_folders_only("score"):
+            return problems
         problems = []
         if not self.input or len(self.input) != 1:
             problems.append("give --input DOWNLOAD_DIR (one folder of the download stage)")
@@ -233,9 +314,12 @@ class Crawl2ClipOptions(PipelineOptions):
         for name in ("max_punsafe", "max_pwatermark", "max_ptoxic"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"--{name.replace('_', '-')} must be between 0 and 1")
-        for name in ("unsafe_head", "watermark_head", "toxicity_model"):
-            if getattr(self, name) and not os.path.isfile(getattr(self, name)):
-                problems.append(f"--{name.replace('_', '-')} {getattr(self, name)}: no such file")
+        for name in ("unsafe_head", "watermark_head", "watermark_model", "aesthetic_head", "toxicity_model"):
+            path = getattr(self, name)
+            if path and "://" not in path and not os.path.exists(path):
+                problems.append(f"--{name.replace('_', '-')} {path}: no such file")
+        if not _CLIP_DEVICE.match(self.clip_device):
+            problems.append(f"--clip-device {self.clip_device}: give auto, cpu, cuda or cuda:N")
         return problems
 
     def resize_spec(self) -> ResizeSpec:
@@ -246,8 +330,22 @@ class Crawl2ClipOptions(PipelineOptions):
             output_format=self.image_format,
             quality=self.image_quality,
             min_image_size=self.min_image_size,
+            min_bytes=self.min_image_bytes,
             max_pixels=self.max_image_pixels,
         )
+
+    def blocklist_settings(self) -> BlocklistSettings:
+        return BlocklistSettings(tuple(self.blocklist or ()), self.phash_distance)
+
+    def validate_remove(self) -> list[str]:
+        problems = []
+        if not self.dataset:
+            problems.append("give --dataset DIR (a finished crawl2clip run folder)")
+        elif not os.path.isdir(self.dataset):
+            problems.append(f"--dataset {self.dataset}: no such folder")
+        if not self.blocklist:
+            problems.append("give --blocklist [KIND:]FILE")
+        return problems + blocklist_problems(self.blocklist_settings(), REMOVE_KINDS)
 
     def fetch_options(self) -> FetchOptions:
         return FetchOptions(
@@ -260,14 +358,41 @@ class Crawl2ClipOptions(PipelineOptions):
             allow_private_networks=self.allow_private_networks,
         )
 
+    def run_stages(self) -> list[str]:
+        """The stages `crawl2clip run` runs: to --stop-after, and prune only with --prune."""
+        last = RUN_STAGES.index(self.stop_after) if self.stop_after else len(RUN_STAGES) - 1
+        return [stage for stage in RUN_STAGES[: last + 1] if stage != "prune" or self.prune]
+
     def validate_run(self) -> list[str]:
         """The whole pipeline: extract's input rules, every later stage's settings (their inputs
-        are the previous stage's folders under --output)."""
-        later = [*self.validate_download(), *self.validate_score(),
-                 *(self.validate_prune() if self.prune else [])]
+        are the previous stage's folders under --output), and an --output every stage can write."""
+        stages = self.run_stages()
+        later = [*(self.validate_download() if "download" in stages else []),
+                 *(self.validate_score() if "score" in stages else []),
+                 *(self.validate_prune() if "prune" in stages else [])]
         stage_inputs = ("give --input", "--input ", "give either --input")
-        problems = self.validate_extract() + [p for p in later if not p.startswith(stage_inputs)]
+        problems = self.validate_extract() + [p for p in later if not p.startswith(stage_inputs) and _LOCAL_ONLY not in p]
+        local_only = [stage for stage in stages if stage not in ANY_FILESYSTEM_STAGES]
+        if self.output_dir and not files.is_local(self.output_dir) and local_only:
+            problems.append(f"--output {self.output_dir}: the {' and '.join(local_only)} stage"
+                            f"{'s' if len(local_only) > 1 else ''} cannot write there yet (only "
+                            f"{' and '.join(ANY_FILESYSTEM_STAGES)} read and write hdfs://, s3://, gs://); "
+                            f"give --stop-after {ANY_FILESYSTEM_STAGES[-1]}, or a local --output")
         return list(dict.fromkeys(problems))
+
+    def filesystem_problems(self) -> list[str]:
+        """Paths on a filesystem that cannot be reached (its options missing, no answer): found
+        before any work, one probe per filesystem. Needs files.configure(these options) first."""
+        problems, probed = [], {}
+        for name, flag in _PATH_FLAGS.items():
+            value = getattr(self, name, None)
+            for path in ([value] if isinstance(value, str) else value or []):
+                where = tuple(path.split("/", 3)[:3])  # scheme and host: one filesystem
+                if where not in probed:
+                    probed[where] = files.unreachable(path)
+                    if probed[where]:
+                        problems.append(f"{flag} {path}: {probed[where]}")
+        return problems
 
     def validate_download(self) -> list[str]:
         problems = []
@@ -285,7 +410,16 @@ class Crawl2ClipOptions(PipelineOptions):
             problems.append("--max-concurrency and --max-per-host must be >= 1")
         if self.download_timeout <= 0 or self.download_retries < 0:
             problems.append("--download-timeout must be > 0 and --download-retries >= 0")
-        return problems
+        if self.min_image_bytes < 0:
+            problems.append("--min-image-bytes must be >= 0")
+        if self.proxy is not None and (why := proxy_url_problem(self.proxy)):
+            problems.append(f"--proxy {self.proxy}: {why} (give http://HOST:PORT or https://HOST:PORT)")
+        if self.retry_failed and not files.exists(self.retry_failed):
+            problems.append(f"--retry-failed {self.retry_failed}: no such folder")
+        elif self.retry_failed and not finished_shards(self.retry_failed):
+            problems.append(f"--retry-failed {self.retry_failed}: no finished download shards there "
+                            "(NNNNN_stats.json)")
+        return problems + blocklist_problems(self.blocklist_settings())
 
     def extraction_rules(self) -> ExtractionRules:
         return ExtractionRules(
@@ -294,6 +428,7 @@ class Crawl2ClipOptions(PipelineOptions):
             max_host_chars=self.max_host_chars,
             keep_svg_gif=self.keep_svg_gif,
             lazy_src=not self.no_lazy_src,
+            max_record_bytes=parse_memory(self.max_record_bytes),
         )
 
     def validate_extract(self) -> list[str]:
@@ -309,13 +444,22 @@ class Crawl2ClipOptions(PipelineOptions):
             problems.append("--max-alt-chars must be >= --min-alt-chars and >= 1")
         if self.max_host_chars < 1:
             problems.append("--max-host-chars must be >= 1")
+        try:
+            if parse_memory(self.max_record_bytes) < 1:
+                problems.append("--max-record-bytes must be at least 1 byte")
+        except ValueError as exc:
+            problems.append(f"--max-record-bytes: {exc}")
         if not 0.0 <= self.langid_threshold <= 1.0:
             problems.append("--langid-threshold must be between 0 and 1")
         if self.langid_model and "://" not in self.langid_model and not os.path.isfile(self.langid_model):
             problems.append(f"--langid-model {self.langid_model}: no such file")
-        return problems
+        if self.input_list and "://" not in self.input_list and not os.path.isfile(self.input_list):
+            problems.append(f"--input-list {self.input_list}: no such file")
+        return problems + blocklist_problems(self.blocklist_settings())
 
     def validate_index(self) -> list[str]:
+        if problems := self.local_folders_only("index"):
+            return problems
         problems = []
         if not self.embeddings:
             problems.append("give --embeddings SCORE_DIR")
@@ -360,6 +504,8 @@ class Crawl2ClipOptions(PipelineOptions):
         return []
 
     def validate_prune(self) -> list[str]:
+        if problems := self.local_folders_only("prune"):
+            return problems
         problems = self._validate_score_dir()
         if not self.output_dir:
             problems.append("give --output DIR")
@@ -368,11 +514,15 @@ class Crawl2ClipOptions(PipelineOptions):
         return problems + self.prune_settings().problems()
 
     def validate_prune_apply(self) -> list[str]:
+        if problems := self.local_folders_only("prune-apply"):
+            return problems
         problems = self._validate_score_dir()
         if not self.output_dir:
             problems.append("give --output PRUNED_DIR")
-        if not self.kept or not os.path.isfile(self.kept):
+        if not self.kept:
             problems.append("give --kept KEPT_PARQUET (a prune run's kept.parquet)")
+        elif not os.path.isfile(self.kept):
+            problems.append(f"--kept {self.kept}: no such file")
         if self.shards and not os.path.isdir(self.shards):
             problems.append(f"--shards {self.shards}: no such folder")
         return problems

@@ -1,14 +1,13 @@
 """A progress line while a job runs on this machine: files, pairs, images/s, ETA where knowable.
 
 It watches what the stages leave on disk — the workers' running totals in `_progress/`
-(transforms/progress.py), the download's finished shards (`NNNNN_stats.json`) and the scoring
-stage's finished parts — so it needs nothing from the runner and works for DirectRunner in
+(transforms/progress.py), the download's finished shards (their stats files, through the
+download layout, on any filesystem) and the scoring stage's finished parts — so it needs nothing from the runner and works for DirectRunner in
 both modes and for local clusters. On a terminal the line is redrawn in place; otherwise (logs,
 CI) a plain line is printed every `log_every` seconds.
 """
 
 import glob
-import json
 import math
 import os
 import sys
@@ -18,6 +17,8 @@ from typing import TextIO
 
 import pyarrow.parquet as pq
 
+from crawl2clip.transforms import files
+from crawl2clip.transforms.download.shards import STATS, finished_files
 from crawl2clip.transforms.progress import read_progress
 
 
@@ -42,22 +43,33 @@ class _ShardTotals:
         return self.expected
 
     def update(self, download_dir: str) -> tuple[int, int]:
-        for path in glob.glob(os.path.join(download_dir, "*_stats.json")):
+        """(finished shards, their successes); a folder that cannot be listed now counts as before
+        (the line must never stop the job's command)."""
+        try:
+            finished = finished_files(download_dir, STATS)
+        except Exception:  # a filesystem's hiccup: try again on the next redraw
+            finished = []
+        for path in finished:
             if path not in self.seen:
                 try:
-                    with open(path) as f:
-                        self.seen[path] = int(json.load(f).get("successes", 0))
-                except (OSError, ValueError):
+                    self.seen[path] = int(files.read_marker(path).get("successes", 0))
+                except Exception:
                     continue
         return len(self.seen), sum(self.seen.values())
 
 
 def _expected_shards(extract_dir: str | None, shard_size: int | None) -> int | None:
     """The download's shard count, known once extract has written its (deduplicated) pairs."""
-    if not extract_dir or not shard_size or not os.path.exists(os.path.join(extract_dir, "_SUCCESS")):
+    try:
+        if not extract_dir or not shard_size or not files.marker_exists(files.join(extract_dir, "_SUCCESS")):
+            return None
+        rows = 0
+        for path in files.match(files.join(extract_dir, "pairs", "*.parquet")):
+            with files.open_read(path) as f:
+                rows += pq.read_metadata(f).num_rows
+    except Exception:  # not knowable now: asked again on the next redraw
         return None
-    files = glob.glob(os.path.join(extract_dir, "pairs", "*.parquet"))
-    return max(1, math.ceil(sum(pq.read_metadata(path).num_rows for path in files) / shard_size))
+    return max(1, math.ceil(rows / shard_size))
 
 
 def describe(stage_dirs: dict[str, str], progress_dir: str, elapsed: float, shard_totals: _ShardTotals,

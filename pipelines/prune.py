@@ -5,9 +5,11 @@ plot); and prune-apply: a kept list -> the pruned embeddings layout (and webdata
 the fast path when the data fits one machine's disk, and the reference the Beam path equals.
 """
 
+import json
 import os
 import time
 from collections import defaultdict
+from dataclasses import asdict
 
 import apache_beam as beam
 import numpy as np
@@ -21,9 +23,18 @@ from crawl2clip.transforms.prune.apply import STAGE as APPLY_STAGE
 from crawl2clip.transforms.prune.apply import apply_part, kept_rows_by_part
 from crawl2clip.transforms.prune.complexity import ClusterStats
 from crawl2clip.transforms.prune.kmeans import SmallestPriorities, sample_size
-from crawl2clip.transforms.prune.outputs import write_clusters, write_duplicates, write_kept
+from crawl2clip.transforms.prune.outputs import (
+    CLUSTERS,
+    DUPLICATES,
+    KEPT,
+    SUMMARY,
+    write_clusters,
+    write_duplicates,
+    write_kept,
+)
 from crawl2clip.transforms.prune.settings import PruneSettings
 from crawl2clip.transforms.prune.steps import (
+    ClusterTable,
     assign_block,
     assign_rows,
     block_candidates,
@@ -50,8 +61,11 @@ def _concat(arrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def prune_single_machine(input_dir: str, output_dir: str, settings: PruneSettings) -> dict:
     """Runs the whole prune in this process and writes the outputs; returns the totals and the
-    seconds each phase took."""
+    seconds each phase took. A scoring output with no usable row (nothing kept, or no part at
+    all) gives empty outputs."""
     clock = _Clock()
+    if not list_parts(input_dir):
+        return write_nothing_to_prune(output_dir, settings, [])
     plan = plan_parts(input_dir)
     blocks = plan.blocks(settings.block_rows)
     errors = list(plan.errors)
@@ -65,6 +79,8 @@ def prune_single_machine(input_dir: str, output_dir: str, settings: PruneSetting
         sample.merge(candidates)
         valid_rows += valid
         errors.extend(block_errors)
+    if valid_rows == 0:
+        return write_nothing_to_prune(output_dir, settings, errors)
     centroids = fit_on_sample(plan, sample.sample(), k_dedup, settings, settings.seed)
     clock.lap("dedup_fit")
     members = defaultdict(list)
@@ -106,6 +122,30 @@ def prune_single_machine(input_dir: str, output_dir: str, settings: PruneSetting
             "errors": len(errors), **clock.laps}
 
 
+_EMPTY_KEPT = pa.schema([("part", pa.int64()), ("row", pa.int64()), ("uid", pa.string()), ("hash", pa.int64()),
+                         ("key", pa.string()), ("cluster", pa.int32()), ("distance", pa.float32())])
+_EMPTY_DUPLICATES = pa.schema([*list(_EMPTY_KEPT)[:5], ("duplicate_of_uid", pa.string()),
+                               ("duplicate_of_part", pa.int64()), ("duplicate_of_row", pa.int64()),
+                               ("similarity", pa.float32())])
+
+
+def write_nothing_to_prune(output_dir: str, settings: PruneSettings, errors: list[dict]) -> dict:
+    """The outputs of a prune over no usable row (every pair dropped before, or none downloaded):
+    empty tables and a summary that says so; the totals, all zero."""
+    os.makedirs(output_dir, exist_ok=True)
+    pq.write_table(_EMPTY_KEPT.empty_table(), os.path.join(output_dir, KEPT))
+    pq.write_table(_EMPTY_DUPLICATES.empty_table(), os.path.join(output_dir, DUPLICATES))
+    empty = np.zeros(0)
+    table = ClusterTable(empty.astype(np.int64), empty, empty, empty, empty, empty.astype(np.int64), 0, 0)
+    pq.write_table(table.to_arrow(), os.path.join(output_dir, CLUSTERS))
+    with open(os.path.join(output_dir, SUMMARY), "w") as f:
+        json.dump({"settings": asdict(settings), "dedup_clusters": 0, "clusters": 0, "valid_rows": 0,
+                   "duplicates_removed": 0, "after_dedup": 0, "target": 0, "kept": 0,
+                   "note": "no usable row to prune: the scoring output holds no pair with a usable embedding"}, f, indent=2)
+    _write_errors(output_dir, errors)
+    return {"valid_rows": 0, "after_dedup": 0, "kept": 0, "errors": len(errors)}
+
+
 class _Clock:
     def __init__(self):
         self.laps, self._last = {}, time.perf_counter()
@@ -125,8 +165,12 @@ def _write_errors(output_dir: str, errors: list[dict]) -> None:
 
 def build_prune(pipeline: beam.Pipeline, options: Crawl2ClipOptions) -> None:
     settings = options.prune_settings()
-    plan = plan_parts(options.input[0])
     out = options.output_dir
+    plan = plan_parts(options.input[0]) if list_parts(options.input[0]) else None
+    if plan is None or plan.rows == 0:
+        pipeline | "NoRows" >> beam.Create([None]) | "WriteEmpty" >> beam.Map(
+            lambda _: write_nothing_to_prune(out, settings, []))
+        return
     k_dedup = dedup_clusters(plan, settings)
     blocks = pipeline | "Blocks" >> beam.Create(plan.blocks(settings.block_rows))
     deduped = blocks | "SemDeDup" >> SemDeDup(plan, settings)

@@ -2,17 +2,19 @@
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
+from crawl2clip.pipelines.resume import merge
+from crawl2clip.transforms import files
+
 _LOG = logging.getLogger(__name__)
+METRICS_FILE = "metrics.json"
 
 
 class PipelineFailed(RuntimeError):
@@ -38,20 +40,34 @@ def counters(result) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
-def run_pipeline(options: PipelineOptions, build: Callable[[beam.Pipeline], None], report_dir: str) -> dict:
-    """Builds, runs and waits; writes `report_dir/metrics.json` and returns it as a dict."""
-    started = time.time()
+def run_pipeline(options: PipelineOptions, build: Callable[[beam.Pipeline], None], report_dir: str,
+                 carried: dict[str, int] | None = None) -> dict:
+    """Builds, runs and waits; writes `report_dir/metrics.json` and returns it as a dict.
+    `carried`: the counters of work an earlier run finished into `report_dir` (pipelines/resume.py),
+    merged into the report's counters; this run's own are kept as `this_run`."""
     pipeline = beam.Pipeline(options=options)
     build(pipeline)
+    return run_built(pipeline, report_dir, carried)
+
+
+def run_built(pipeline: beam.Pipeline, report_dir: str, carried: dict[str, int] | None = None) -> dict:
+    """Runs a pipeline built earlier, as `run_pipeline` does."""
+    started = time.time()
     result = pipeline.run()
     state = result.wait_until_finish()
     if state != PipelineState.DONE:
         raise PipelineFailed(f"the pipeline ended in state {state}")
     report = {
-        "runner": options.view_as(StandardOptions).runner,
+        "runner": pipeline.options.view_as(StandardOptions).runner,
         "seconds": round(time.time() - started, 3),
         "counters": counters(result),
     }
-    with FileSystems.create(os.path.join(report_dir, "metrics.json")) as out:
-        out.write(json.dumps(report, indent=2).encode())
+    if carried:
+        report.update(counters=merge(report["counters"], carried), this_run=report["counters"], carried=carried)
+    write_metrics(report_dir, report)
     return report
+
+
+def write_metrics(report_dir: str, report: dict) -> None:
+    """`report_dir/metrics.json`, local or on any Beam filesystem, replacing an earlier one."""
+    files.write_atomic(files.join(report_dir, METRICS_FILE), json.dumps(report, indent=2).encode())

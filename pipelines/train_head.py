@@ -20,7 +20,7 @@ from crawl2clip.transforms.embeddings import list_parts, load_embeddings, read_m
 
 _DESCRIPTION = ("Fit a content head (e.g. punsafe, pwatermark, a text toxicity head) on labelled CLIP "
                 "embeddings and save it as .npz for `crawl2clip score --unsafe-head/--watermark-head/"
-                "--toxicity-model`.")
+                "--aesthetic-head/--toxicity-model`.")
 
 
 def labelled_embeddings(embeddings: str, labels_path: str, label_column: str, input_kind: str,

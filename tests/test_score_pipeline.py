@@ -9,19 +9,25 @@ import json
 import os
 import shutil
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from crawl2clip.models.clip import TINY_CHECKPOINT, load_clip, tiny_clip_spec
+from crawl2clip.models.clip import TINY_CHECKPOINT, ClipSpec, load_clip, tiny_clip_spec
 from crawl2clip.models.heads import load_head, save_head, train_head
 from crawl2clip.models.scenes import render_example
 from crawl2clip.pipelines.cli import main
 from crawl2clip.transforms.embeddings import list_parts, load_embeddings, read_metadata
 from crawl2clip.transforms.extract.rules import pair_uid
+from crawl2clip.transforms.score.settings import BatchSizes
+from crawl2clip.transforms.score.shards import download_shards, read_shard
+from crawl2clip.transforms.score.transform import ReadDownloadShards, ScoreWithClip
 from tests.http_server import serve_directory
 from tests.score_fixtures import (
     RANDOM_TINY,
@@ -71,7 +77,7 @@ def downloaded(tmp_path_factory) -> tuple[str, dict[str, bool], dict[str, str]]:
         pq.write_table(pa.Table.from_pylist(rows), str(root / "pairs.parquet"))
         output = str(root / "images")
         assert main(["download", "--input", str(root / "pairs.parquet"), "--output", output, "--allow-private-networks",
-                     "--image-size", "96", "--shard-size", "8"]) == 0
+                     "--image-size", "96", "--shard-size", "8", "--min-image-bytes", "0"]) == 0  # ~1 KB PNGs
     return output, matched, sha256
 
 
@@ -107,20 +113,47 @@ def test_score_only_writes_aligned_unit_norm_parts_and_resumes(downloaded, rando
         assert row["TEXT"] == caption and row["sha256"] == sha256[row["URL"]]
         assert row["shard"] == os.path.join(os.path.abspath(download_dir), row["key"][:5] + ".tar")
         assert (row["WIDTH"], row["HEIGHT"]) == (128, 128) and row["uid"] == pair_uid(row["URL"], row["TEXT"])
-        assert all(0.0 <= row[c] <= 1.0 for c in ("punsafe", "pwatermark", "ptoxic"))
+        assert 0.0 <= row["ptoxic"] <= 1.0
+        # no head exists for a random CLIP and zero-shot was not asked for: null, not a made-up number
+        assert row["punsafe"] is None and row["pwatermark"] is None and row["aesthetic"] is None
     assert len({row["uid"] for row in metadata}) == SCENES
     assert not glob.glob(os.path.join(output, "dropped", "*.parquet")) or \
         all(pq.read_table(p).num_rows == 0 for p in glob.glob(os.path.join(output, "dropped", "*.parquet")))
     settings = json.load(open(os.path.join(output, "scoring.json")))
-    assert settings["models"]["en"]["model"] == RANDOM_TINY and settings["thresholds"]["score_only"] is True
-    assert settings["heads"]["unsafe"]["en"]["source"] == "zero-shot" and settings["toxicity"]["source"] == "lexicon"
+    assert settings["image_tower"]["model"] == RANDOM_TINY and settings["thresholds"]["score_only"] is True
+    # --multi-clip-model naming --clip-model itself: its own text tower for every split, one image space
+    assert settings["text_towers"] == {route: {"kind": "clip", "model": RANDOM_TINY, "pretrained": ""}
+                                       for route in ("en", "multi")}
+    assert {settings["tags"][c]["source"] for c in ("punsafe", "pwatermark", "aesthetic")} == {"not computed"}
+    assert settings["toxicity"]["source"] == "lexicon"
 
     written = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(output, "*", "*"))}
     assert main(argv) == 0  # resume: every part exists, nothing is redone
-    counters = json.load(open(os.path.join(output, "metrics.json")))["counters"]
-    assert counters["score:shards_already_scored"] == len(download_shards) and "score:pairs_read" not in counters
+    metrics = json.load(open(os.path.join(output, "metrics.json")))
+    # this run redid nothing; the whole data's counters are carried from the parts on disk
+    assert metrics["this_run"]["score:shards_already_scored"] == len(download_shards)
+    assert "score:pairs_read" not in metrics["this_run"]
+    assert metrics["counters"]["score:pairs_read"] == metrics["carried"]["score:pairs_read"] == SCENES
     assert {p: os.path.getmtime(p) for p in written} == written
     assert main([*argv, "--min-similarity-en", "0.5"]) == 1  # other settings into the same folder: refused
+
+
+def test_the_clip_step_scores_groups_of_shards(downloaded, random_clip, tmp_path):
+    """ScoreWithClip groups consecutive download shards (8 pairs each here) up to 8 batches of rows
+    (3 x 8 = 24): RunInference sees groups of shards, one result per shard comes out."""
+    download_dir = downloaded[0]
+    numbers = download_shards(download_dir)
+    spec = ClipSpec(RANDOM_TINY, None, device="cpu")
+    pipeline = beam.Pipeline(runner="DirectRunner")
+    scored = (pipeline | beam.Create(numbers) | ReadDownloadShards(download_dir, str(tmp_path))
+              | ScoreWithClip(spec, {"en": None, "multi": None}, BatchSizes(images=3, texts=3)))
+    assert_that(scored | beam.Map(lambda shard: (shard.number, len(shard))),
+                equal_to([(n, len(read_shard(download_dir, n))) for n in numbers]))
+    result = pipeline.run()
+    result.wait_until_finish()
+    (sizes,) = result.metrics().query(MetricsFilter().with_name("inference_request_batch_size"))["distributions"]
+    assert sizes.committed.sum == SCENES and sizes.committed.count < len(numbers)  # pairs, in fewer calls than shards
+    assert sizes.committed.max > max(len(read_shard(download_dir, n)) for n in numbers)
 
 
 def test_bad_images_become_error_rows(downloaded, random_clip, tmp_path):
@@ -187,9 +220,10 @@ def test_head_files_score_their_columns_and_optional_limits_drop_pairs(tmp_path)
     assert main(["score", "--input", download_dir, "--output", output, "--tiny-clip", "--unsafe-head", head_file,
                  "--min-similarity-en", "-1", "--max-punsafe", "0.5", "--max-ptoxic", "0.4"]) == 0
     settings = json.load(open(os.path.join(output, "scoring.json")))
-    assert settings["heads"]["unsafe"]["en"]["path"] == head_file
+    assert settings["tags"]["punsafe"]["path"] == head_file
     # The committed watermark head was trained for the tiny CLIP, so it is used without being asked.
-    assert settings["heads"]["watermark"]["en"]["name"] == "watermark-head"
+    assert settings["tags"]["pwatermark"]["name"] == "watermark-head"
+    assert settings["tags"]["aesthetic"] == {"source": "not computed"}
     (part,) = list_parts(output)
     kept = pq.read_table(part.metadata).to_pylist()
     dropped = pq.read_table(os.path.join(output, "dropped", "dropped_5.parquet")).to_pylist()

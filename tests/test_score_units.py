@@ -16,8 +16,9 @@ from PIL import Image
 from crawl2clip.models.clip import load_clip
 from crawl2clip.transforms.extract.rules import pair_uid
 from crawl2clip.transforms.score.filters import LOW_SIMILARITY, drop_reasons
-from crawl2clip.transforms.score.images import prefetched, prepare_image
-from crawl2clip.transforms.score.scoring import ScoredShard, score_shard
+from crawl2clip.transforms.score.images import prefetched, prepare_image, prepare_pixels
+from crawl2clip.transforms.score.pixels import PixelSpec, normalise
+from crawl2clip.transforms.score.scoring import ScoredShard, ShardGroup, Towers, score_shard, score_shards
 from crawl2clip.transforms.score.settings import EN, MULTI, BatchSizes, Thresholds, route_of
 from crawl2clip.transforms.score.shards import read_shard
 from crawl2clip.transforms.score.write import METADATA_FIELDS, metadata_table, uid_hash
@@ -90,34 +91,65 @@ def _pairs_for(tmp_path, scenes, splits):
     return read_shard(str(tmp_path), 0)
 
 
-def test_score_shard_embeds_each_split_with_its_model_and_batches_do_not_matter(tmp_path, random_spec, scenes):
-    english, other = load_clip(random_spec), load_clip(random_spec)  # two draws: different weights
+def test_score_shard_embeds_every_image_with_one_tower_and_captions_with_their_routes(tmp_path, random_spec, scenes):
+    clip, multi_text = load_clip(random_spec), load_clip(random_spec)  # two draws: different weights
     splits = [EN, "multi", "nolang", None] * 3
     pairs = _pairs_for(tmp_path, scenes, splits)
-    scored = score_shard(pairs, {EN: english, MULTI: other}, BatchSizes(images=5, texts=3, decode_workers=2))
-    assert len(scored) == len(scenes) and not scored.errors
+    towers = Towers(clip, {EN: clip, MULTI: multi_text})
+    scored = score_shard(pairs, towers, BatchSizes(images=5, texts=3, decode_workers=2))
+    assert len(scored) == len(scenes) and not scored.errors and scored.images == []
     np.testing.assert_allclose(np.linalg.norm(scored.img_emb, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(scored.text_emb, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(scored.similarity, np.sum(scored.img_emb * scored.text_emb, axis=1), atol=1e-6)
+    spec = PixelSpec.of(clip.preprocess_cfg)
     for i, ((data, caption), split) in enumerate(zip(scenes[:4], splits)):  # one row of each split
-        model = english if route_of(split) == EN else other
-        alone = model.encode_images(model.preprocess(Image.open(io.BytesIO(data)).convert("RGB"))[None])
-        np.testing.assert_allclose(scored.img_emb[i], alone[0], atol=1e-4)
-        np.testing.assert_allclose(scored.text_emb[i], model.encode_texts([caption])[0], atol=1e-4)
-    again = score_shard(pairs, {EN: english, MULTI: other}, BatchSizes(images=64, texts=64, decode_workers=1))
+        alone = clip.encode_images(normalise(prepare_pixels(data, spec).pixels[None], spec))
+        np.testing.assert_allclose(scored.img_emb[i], alone[0], atol=1e-4)  # every image: the one image tower
+        today = clip.encode_images(clip.preprocess(Image.open(io.BytesIO(data)).convert("RGB"))[None])
+        assert float(scored.img_emb[i] @ today[0]) > 0.9999  # open_clip's own preprocessing
+        text_tower = clip if route_of(split) == EN else multi_text
+        np.testing.assert_allclose(scored.text_emb[i], text_tower.encode_texts([caption])[0], atol=1e-4)
+    again = score_shard(pairs, towers, BatchSizes(images=64, texts=64, decode_workers=1), keep_images=True)
     np.testing.assert_allclose(again.img_emb, scored.img_emb, atol=1e-4)
+    np.testing.assert_allclose(again.text_emb, scored.text_emb, atol=1e-4)
+    assert again.images == [data for data, _ in scenes]  # kept for a later step that reads pixels
+
+
+def test_batches_run_across_shards_and_results_come_back_per_shard(tmp_path, random_spec, scenes):
+    """Three shards (5, 0 and 7 pairs, one image broken) scored as one stream of batches of 4:
+    the same embeddings as each shard alone, errors and rows back in their own shard."""
+    clip = load_clip(random_spec)
+    towers = Towers(clip, {EN: clip, MULTI: clip})
+    sizes = [5, 0, 7]
+    for number, size in enumerate(sizes):
+        start = sum(sizes[:number])
+        pairs = [(d if start + i != 7 else d[:40], c, EN if i % 2 else "multi")
+                 for i, (d, c) in enumerate(scenes[start:start + size])]
+        write_download_shard(str(tmp_path), number, pairs)
+    shards = [read_shard(str(tmp_path), number) for number in range(3)]
+    together = score_shards(shards, towers, BatchSizes(images=4, texts=3, decode_workers=2))
+    alone = [score_shard(shard, towers, BatchSizes(images=64, texts=64)) for shard in shards]
+    assert [s.number for s in together] == [0, 1, 2] and [len(s) for s in together] == [5, 0, 6]
+    assert [e["detail"][:9] for e in together[2].errors] == ["000020002"] and not together[0].errors
+    for got, expected in zip(together, alone):
+        assert got.table.equals(expected.table)
+        np.testing.assert_allclose(got.img_emb, expected.img_emb, atol=1e-5)
+        np.testing.assert_allclose(got.text_emb, expected.text_emb, atol=1e-5)
+    assert len(ShardGroup(shards)) == 12
 
 
 def test_undecodable_images_leave_the_shard_as_error_records(tmp_path, random_spec, scenes):
     model = load_clip(random_spec)
     broken = [(d if i not in (1, 4) else d[:40], c) for i, (d, c) in enumerate(scenes[:6])]
     pairs = _pairs_for(tmp_path, broken, [EN] * 6)
-    scored = score_shard(pairs, {EN: model, MULTI: model}, BatchSizes(images=4, texts=4))
+    scored = score_shard(pairs, Towers(model, {EN: model, MULTI: model}), BatchSizes(images=4, texts=4),
+                         keep_images=True)
     assert scored.table["key"].to_pylist() == [f"0000000{i:02d}" for i in (0, 2, 3, 5)]
     assert [e["reason"] for e in scored.errors] == ["undecodable_image"] * 2
     assert [e["detail"][:9] for e in scored.errors] == ["000000001", "000000004"]
     assert scored.img_emb.shape == scored.text_emb.shape == (4, model.embed_dim)
     np.testing.assert_allclose(scored.text_emb[1], model.encode_texts([scenes[2][1]])[0], atol=1e-4)
+    assert scored.images == [broken[i][0] for i in (0, 2, 3, 5)]  # aligned with the rows that decoded
 
 
 def test_drop_reasons_apply_each_splits_threshold_and_optional_content_limits():
@@ -140,8 +172,8 @@ def test_metadata_table_has_laions_columns_and_carries_the_input_columns():
                       "sha256": ["aa", "bb"], "error_message": [None, None]})
     shard = ScoredShard(1, "/data/00001.tar", table, np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32),
                         np.array([0.3, 0.1], np.float32),
-                        tags={"punsafe": np.array([0.1, 0.2], np.float32), "pwatermark": np.array([0.5, 0.6], np.float32),
-                              "ptoxic": np.array([0.0, 1.0], np.float32)})
+                        tags={"punsafe": np.array([0.1, 0.2], np.float32), "pwatermark": np.array([0.5, np.nan], np.float32),
+                              "aesthetic": None, "ptoxic": np.array([0.0, 1.0], np.float32)})
     meta = metadata_table(shard)
     assert meta.column_names == [f.name for f in METADATA_FIELDS] + ["page_url"]
     assert meta.schema.field("similarity").type == pa.float32() and meta.schema.field("hash").type == pa.int64()
@@ -150,3 +182,5 @@ def test_metadata_table_has_laions_columns_and_carries_the_input_columns():
     assert rows[1]["uid"] == pair_uid("http://a/2.jpg", "a blue ring")  # computed when the input had none
     assert rows[0]["hash"] == uid_hash(uid) == int.from_bytes(bytes.fromhex(uid[:16]), "big", signed=True)
     assert rows[0]["shard"] == "/data/00001.tar" and rows[1]["ptoxic"] == 1.0
+    # a tag not computed is a null column, a value a model could not give is a null cell
+    assert [r["aesthetic"] for r in rows] == [None, None] and [r["pwatermark"] for r in rows] == [0.5, None]

@@ -19,6 +19,7 @@ OCCURRENCES = "occurrences"  # how many times the crawl held this exact pair
 LANGUAGE = "LANGUAGE"  # ISO 639 code of the caption's language (fastText lid.176)
 LANGUAGE_SCORE = "LANGUAGE_SCORE"  # the model's probability for it
 SPLIT = "split"  # LAION's split: en, multi or nolang
+PAGE_OPTOUT = "page_optout"  # the page's reservations (noai, TDMRep, ...), kept with --ignore-page-optouts
 
 CANDIDATE_SCHEMA = pa.schema(
     [
@@ -34,6 +35,7 @@ CANDIDATE_SCHEMA = pa.schema(
         pa.field(LANGUAGE, pa.string()),
         pa.field(LANGUAGE_SCORE, pa.float32()),
         pa.field(SPLIT, pa.string()),
+        pa.field(PAGE_OPTOUT, pa.string()),  # null: the page reserves nothing
     ]
 )
 
@@ -62,6 +64,7 @@ class CandidateRow(NamedTuple):
     LANGUAGE: Optional[str] = None
     LANGUAGE_SCORE: Optional[float] = None
     split: Optional[str] = None
+    page_optout: Optional[str] = None
 
 
 class ErrorRow(NamedTuple):
