@@ -65,6 +65,8 @@ setup(
         "numpy>=1.26",
         # torch from PyPI is the CUDA build on Linux: the same wheel runs on CPU and GPU workers.
         "torch>=2.2",
+        # JPEG decoding of the scoring stage (batched nvJPEG on GPUs: 0.19); open_clip needs it anyway.
+        "torchvision>=0.19",
         "open_clip_torch>=2.24,<4",
         # Hugging Face text encoders: open_clip's xlm-roberta towers and M-CLIP-style text towers.
         "transformers>=5,<6",

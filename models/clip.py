@@ -14,11 +14,16 @@ from functools import cache
 import numpy as np
 import open_clip
 import torch
+from open_clip.transformer import text_global_pool
 from PIL import Image
+
+from crawl2clip.models.devices import choose_device, process_slot
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 TINY_MODEL = "crawl2clip-tiny"
 TINY_CHECKPOINT = os.path.join(ASSETS, "crawl2clip-tiny.pt")
+# the tiny CLIP's multilingual text tower (M-CLIP format, models/tiny_multilingual.py)
+TINY_MULTILINGUAL = os.path.join(ASSETS, "crawl2clip-tiny-multilingual")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -40,8 +45,9 @@ def tiny_clip_spec(device: str = "auto") -> ClipSpec:
 
 
 def resolve_device(device: str) -> str:
+    """`auto`: this worker process's own GPU when there are GPUs (models/devices.py), else CPU."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return choose_device(torch.cuda.device_count() if torch.cuda.is_available() else 0, os.environ, process_slot)
     return device
 
 
@@ -54,6 +60,12 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def autocast(device: str, precision: str):
+    """bf16/fp16 autocast on `device` for those precisions, a no-op context for fp32."""
+    dtype = _AUTOCAST_DTYPES.get(precision)
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=dtype, enabled=dtype is not None)
+
+
 @cache
 def register_project_models() -> None:
     """Makes the model configs in models/assets (the tiny model's) known to open_clip by name."""
@@ -61,8 +73,9 @@ def register_project_models() -> None:
 
 
 class ClipModel:
-    """A loaded CLIP: `preprocess` (PIL image -> CHW tensor, CPU), `encode_images` and
-    `encode_texts` (-> L2-normalised float32 arrays)."""
+    """A loaded CLIP: `preprocess` (PIL image -> CHW tensor, CPU) and its `preprocess_cfg`,
+    `encode_images` and `encode_texts` (-> L2-normalised float32 arrays); `text_batches` +
+    `encode_tokens` split the text side so captions can be tokenised ahead of the model."""
 
     def __init__(self, spec: ClipSpec):
         register_project_models()
@@ -78,36 +91,96 @@ class ClipModel:
             spec.model, pretrained=spec.pretrained, device=self.device)
         self.model = model.eval()
         self.preprocess = preprocess
+        self.preprocess_cfg = dict(getattr(self.model.visual, "preprocess_cfg", {}) or {})
         self.tokenizer = open_clip.get_tokenizer(spec.model)
+        self._eot_pooled = _eot_pooled(self.model)
         self.embed_dim = int(self.encode_texts(["a"]).shape[1])
         size = self.model.visual.image_size
         self.image_size = size[0] if isinstance(size, (tuple, list)) else int(size)
-
-    def _autocast(self):
-        dtype = _AUTOCAST_DTYPES.get(self.precision)
-        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.preprocess(image) for image in images])
 
     @torch.inference_mode()
-    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
-        with self._autocast():
+    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unit-length float32 image embeddings, left on the model's device."""
+        with autocast(self.device, self.precision):
             features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
-        return _normalised(features)
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        return self.embed_images(pixels).cpu().numpy()
+
+    def _pooled_at(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Each caption's pooling position (its end token), when the text tower is causal and
+        pools there: nothing after it changes the embedding. None otherwise."""
+        if self._eot_pooled is None:
+            return None
+        if self._eot_pooled == "eos":
+            return (tokens == self.model.text_eos_id).int().argmax(dim=-1)
+        return tokens.argmax(dim=-1)
+
+    def text_batches(self, texts: Sequence[str], batch_size: int) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """The captions tokenised, as (positions in `texts`, tokens) batches of at most
+        `batch_size`: sorted by length and each cut to its longest caption where the tower
+        allows (`encode_tokens` gives the same embeddings as on the whole context)."""
+        tokens = self.tokenizer(list(texts))
+        pooled = self._pooled_at(tokens)
+        if pooled is None:
+            return [(np.arange(start, min(start + batch_size, len(texts))), tokens[start:start + batch_size])
+                    for start in range(0, len(texts), batch_size)]
+        order = torch.argsort(pooled, stable=True).numpy()
+        batches = []
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            index = torch.from_numpy(rows)
+            batches.append((rows, tokens[index, :int(pooled[index].max()) + 1]))
+        return batches
 
     @torch.inference_mode()
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Unit-length float32 caption embeddings of `text_batches` tokens, left on the model's device."""
+        tokens = tokens.to(self.device, non_blocking=True)
+        with autocast(self.device, self.precision):
+            if self._eot_pooled is not None and tokens.shape[1] < self.model.positional_embedding.shape[0]:
+                features = _encode_trimmed_text(self.model, tokens)
+            else:
+                features = self.model.encode_text(tokens)
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    def encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
+        return self.embed_tokens(tokens).cpu().numpy()
+
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        tokens = self.tokenizer(list(texts)).to(self.device)
-        with self._autocast():
-            features = self.model.encode_text(tokens)
-        return _normalised(features)
+        """One batch, cut to its longest caption where the tower allows."""
+        tokens = self.tokenizer(list(texts))
+        pooled = self._pooled_at(tokens)
+        return self.encode_tokens(tokens if pooled is None or not len(texts) else tokens[:, :int(pooled.max()) + 1])
 
 
-def _normalised(features: torch.Tensor) -> np.ndarray:
-    features = features.float()
-    return torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
+def _eot_pooled(model) -> str | None:
+    """'argmax' or 'eos' for open_clip's own text transformer with a causal mask pooled at the
+    end token (the OpenAI-style CLIPs): its captions can be cut after their end token. None for
+    other text towers (Hugging Face encoders, first/last-token pooling), which get the whole context."""
+    if not isinstance(model, open_clip.CLIP) or getattr(model, "attn_mask", None) is None:
+        return None
+    pool = getattr(model, "text_pool_type", "argmax")
+    if pool == "eos" and getattr(model, "text_eos_id", None) is None:
+        return None
+    return pool if pool in ("argmax", "eos") else None
+
+
+def _encode_trimmed_text(model, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's CLIP.encode_text on a context cut to `tokens`' length: the positional
+    embedding and the causal mask cut to match; the rest is its code."""
+    length = tokens.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return x
 
 
 def load_clip(spec: ClipSpec) -> ClipModel:

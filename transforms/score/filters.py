@@ -21,7 +21,10 @@ def drop_reasons(routes: list[str], similarity: np.ndarray, tags: dict[str, np.n
         return reasons
     minimum = np.array([thresholds.min_similarity[route] for route in routes], np.float32)
     checks = [(similarity < minimum, LOW_SIMILARITY)]
-    checks += [(tags[column] > limit, TAG_REASONS[column]) for column, limit in thresholds.max_tags.items()]
+    for column, limit in thresholds.max_tags.items():
+        if tags.get(column) is None:  # refused before the run; here it would be a bug
+            raise ValueError(f"--max-{column}: {column} was not computed")
+        checks.append((tags[column] > limit, TAG_REASONS[column]))
     for failed, reason in reversed(checks):  # the first check's reason wins
         for i in np.flatnonzero(failed):
             reasons[i] = reason

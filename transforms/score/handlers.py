@@ -1,73 +1,132 @@
 """Beam ModelHandlers of the scoring stage, for RunInference.
 
 RunInference loads a handler's model once per worker process and shares it between the
-process's threads. Both handlers take their CLIPs from `shared_clip`, so the CLIP the scoring
-step loaded is the one the content step's zero-shot heads use, and a spec used for both splits
-is loaded once. Elements are whole download shards (`with_no_batching`): a handler batches a
-shard's pairs itself with the batch sizes it was given, which keeps every part written once.
+process's threads. Every handler takes its models from `shared_model`, so the CLIP the scoring
+step loaded is the one the content step's zero-shot heads use, and a model named twice is
+loaded once. The CLIP handler's elements are groups of download shards (transform.py groups
+them): it runs their rows as one stream of batches and gives back one result per shard, so every
+part is still written once. The other handlers take one scored shard at a time.
 """
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
+import numpy as np
+import torch
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.utils import shared
 
 from crawl2clip.models.clip import ClipModel, ClipSpec, load_clip
-from crawl2clip.transforms.score.content import ContentModels, HeadSource, load_content_models, tag_shard
-from crawl2clip.transforms.score.scoring import ScoredShard, score_shard
-from crawl2clip.transforms.score.settings import BatchSizes
-from crawl2clip.transforms.score.shards import ShardPairs
+from crawl2clip.models.mclip import MClipSpec, load_mclip
+from crawl2clip.transforms.errors import counter
+from crawl2clip.transforms.score.content import ContentModels, TagSource, load_content_models, tag_shard
+from crawl2clip.transforms.score.images import prefetched, prepare_image
+from crawl2clip.transforms.score.scoring import ScoredShard, ShardGroup, Towers, chunks, score_shards
+from crawl2clip.transforms.score.settings import TAG_COLUMNS, WATERMARK, BatchSizes
+from crawl2clip.transforms.score.shards import STAGE
 
-_handles: dict[ClipSpec, shared.Shared] = {}
+_handles: dict[object, shared.Shared] = {}
 _handles_lock = threading.Lock()
 
 
-def shared_clip(spec: ClipSpec) -> ClipModel:
-    """The process's one copy of the CLIP `spec`, loaded on first use, kept while anyone holds it."""
+def shared_model(spec, load: Callable):
+    """The process's one copy of the model `spec` (a hashable spec), loaded on first use with
+    `load(spec)`, kept while anyone holds it."""
     with _handles_lock:
         handle = _handles.setdefault(spec, shared.Shared())
-    return handle.acquire(lambda: load_clip(spec), tag=spec)
+    return handle.acquire(lambda: load(spec), tag=repr(spec))
 
 
-class RoutedClips(dict):
-    """route -> ClipModel (a dict subclass, so RunInference's shared cache can weak-reference it)."""
+def shared_clip(spec: ClipSpec) -> ClipModel:
+    return shared_model(spec, load_clip)
 
 
-class ClipHandler(ModelHandler[ShardPairs, ScoredShard, RoutedClips]):
-    """ShardPairs -> ScoredShard: image and caption embeddings and their similarity, each pair
-    through its split's CLIP."""
+def load_towers(image: ClipSpec, texts: dict[str, MClipSpec | None]) -> Towers:
+    """The image CLIP and each route's text tower (None: the CLIP's own), from the shared copies."""
+    clip = shared_clip(image)
+    return Towers(clip, {route: clip if spec is None else shared_model(spec, load_mclip)
+                         for route, spec in texts.items()})
 
-    def __init__(self, specs: dict[str, ClipSpec], sizes: BatchSizes = BatchSizes()):
+
+class ClipHandler(ModelHandler[ShardGroup, ScoredShard, Towers]):
+    """ShardGroup -> a ScoredShard per shard: image embeddings (one image tower), caption
+    embeddings (each route's text tower) and their similarity. `keep_images` passes the images
+    on to a later step that needs the pixels."""
+
+    def __init__(self, image: ClipSpec, texts: dict[str, MClipSpec | None], sizes: BatchSizes = BatchSizes(),
+                 keep_images: bool = False):
         super().__init__()
-        self.specs = dict(specs)
+        self.image = image
+        self.texts = dict(texts)
         self.sizes = sizes
+        self.keep_images = keep_images
 
-    def load_model(self) -> RoutedClips:
-        return RoutedClips({route: shared_clip(spec) for route, spec in self.specs.items()})
+    def load_model(self) -> Towers:
+        return load_towers(self.image, self.texts)
 
-    def run_inference(self, batch: ShardPairs, model: RoutedClips, inference_args=None) -> Iterable[ScoredShard]:
-        return [score_shard(batch, model, self.sizes)]
+    def run_inference(self, batch: ShardGroup, model: Towers, inference_args=None) -> Iterable[ScoredShard]:
+        return score_shards(batch.shards, model, self.sizes, self.keep_images)
 
-    def get_num_bytes(self, batch: ShardPairs) -> int:
-        return sum(len(image) for image in batch.images)
+    def get_num_bytes(self, batch: ShardGroup) -> int:
+        return sum(len(image) for shard in batch.shards for image in shard.images)
 
     def get_metrics_namespace(self) -> str:
         return "score_clip"
 
 
-class ContentHandler(ModelHandler[ScoredShard, ScoredShard, ContentModels]):
-    """ScoredShard -> the same with punsafe, pwatermark (heads on the image embeddings) and
-    ptoxic (the toxicity scorer on the captions)."""
+class WatermarkHandler(ModelHandler[ScoredShard, ScoredShard, object]):
+    """ScoredShard (with its images) -> the same with pwatermark from LAION's watermark detector
+    on the pixels; the images are dropped afterwards."""
 
-    def __init__(self, specs: dict[str, ClipSpec], heads: Sequence[HeadSource], toxicity_model: str | None):
+    def __init__(self, path: str, device: str, precision: str, sizes: BatchSizes = BatchSizes()):
         super().__init__()
-        self.specs = dict(specs)
-        self.heads = tuple(heads)
+        self.path = path
+        self.device = device
+        self.precision = precision
+        self.sizes = sizes
+
+    def load_model(self):
+        from crawl2clip.models.laion_watermark import WatermarkDetector
+
+        return shared_model((self.path, self.device, self.precision), lambda key: WatermarkDetector(*key))
+
+    def run_inference(self, batch: ScoredShard, model, inference_args=None) -> Iterable[ScoredShard]:
+        values = np.full(len(batch), np.nan, np.float32)
+
+        def prepare(i: int):
+            return prepare_image(batch.images[i], model.preprocess)
+
+        with ThreadPoolExecutor(max_workers=self.sizes.decode_workers, thread_name_prefix="decode") as pool:
+            batches = chunks(len(batch), self.sizes.images)
+            for chunk, prepared in prefetched(pool, batches, prepare, self.sizes.prefetch):
+                good = [i for i, p in zip(chunk, prepared) if p.pixels is not None]
+                if good:
+                    values[good] = model.predict(torch.stack([p.pixels for p in prepared if p.pixels is not None]))
+        # These images decoded for CLIP a moment ago; should one not here, its pwatermark is null.
+        counter(STAGE, "watermark_undecodable").inc(int(np.isnan(values).sum()))
+        return [replace(batch, tags={**batch.tags, TAG_COLUMNS[WATERMARK]: values}, images=[])]
+
+    def get_num_bytes(self, batch: ScoredShard) -> int:
+        return sum(len(image) for image in batch.images)
+
+    def get_metrics_namespace(self) -> str:
+        return "score_watermark"
+
+
+class ContentHandler(ModelHandler[ScoredShard, ScoredShard, ContentModels]):
+    """ScoredShard -> the same with the embedding heads' tags (punsafe, pwatermark, aesthetic;
+    null where not computed) and ptoxic (the toxicity scorer on the captions)."""
+
+    def __init__(self, image: ClipSpec, sources: dict[str, TagSource], toxicity_model: str | None):
+        super().__init__()
+        self.image = image
+        self.sources = dict(sources)
         self.toxicity_model = toxicity_model
 
     def load_model(self) -> ContentModels:
-        return load_content_models(self.heads, lambda route: shared_clip(self.specs[route]), self.toxicity_model)
+        return load_content_models(self.sources, lambda: shared_clip(self.image), self.toxicity_model)
 
     def run_inference(self, batch: ScoredShard, model: ContentModels, inference_args=None) -> Iterable[ScoredShard]:
         return [tag_shard(batch, model)]

@@ -1,7 +1,9 @@
 """The scoring stage's settings and names, with no heavy imports (the command line reads them).
 
-Routing: LAION scored English captions with ViT-B/32 and every other caption (the `multi` and
-`nolang` splits) with a multilingual CLIP, each with its own similarity threshold.
+One image embedding space per run, as LAION-5B had: every image goes through one CLIP's image
+tower. Captions are routed by split: `en` through that CLIP's own text tower, every other
+caption (the `multi` and `nolang` splits) through a multilingual text tower trained into the
+same space (M-CLIP), each route with its own similarity threshold.
 """
 
 from dataclasses import dataclass, field
@@ -11,16 +13,21 @@ MULTI = "multi"
 ROUTES = (EN, MULTI)
 # LAION-5B's: 0.28 for English with ViT-B/32, 0.26 for the rest with multilingual CLIP.
 DEFAULT_MIN_SIMILARITY = {EN: 0.28, MULTI: 0.26}
+CLIP_TEXT_TOWER = "clip"  # --multi-text-model value: the CLIP's own text tower for every split
+DEFAULT_MULTI_TEXT_MODEL = "M-CLIP/XLM-Roberta-Large-Vit-B-32"  # LAION's multilingual tower for ViT-B/32
 
 UNSAFE = "unsafe"
 WATERMARK = "watermark"
-TAG_COLUMNS = {UNSAFE: "punsafe", WATERMARK: "pwatermark"}  # content head -> its column
+AESTHETIC = "aesthetic"
+# content tag -> its column; a tag with no model for the run's CLIP is a null column
+TAG_COLUMNS = {UNSAFE: "punsafe", WATERMARK: "pwatermark", AESTHETIC: "aesthetic"}
 TOXIC_COLUMN = "ptoxic"
+NOT_COMPUTED = "not computed"
 
 
 def route_of(split: str | None) -> str:
     """`en` for English captions; `multi` for the rest, including pairs with no split at all
-    (language identification off): the multilingual model reads English too."""
+    (language identification off): the multilingual tower reads English too."""
     return EN if split == EN else MULTI
 
 
@@ -33,11 +40,29 @@ class Thresholds:
     score_only: bool = False
 
 
+# Rows per forward pass when not given: a GPU wants large batches, a CPU gains nothing from them.
+GPU_BATCH = 1024
+CPU_BATCH = 64
+
+
+def default_batch(device: str, cuda_available: bool) -> int:
+    """The batch size for `--clip-device` `device` (auto: where the driver sees CUDA)."""
+    on_gpu = device.startswith("cuda") or (device == "auto" and cuda_available)
+    return GPU_BATCH if on_gpu else CPU_BATCH
+
+
 @dataclass(frozen=True)
 class BatchSizes:
     """Pairs per forward pass of each tower, and the threads decoding images ahead of the model
-    (None: the thread pool's default for the machine's cores)."""
-    images: int = 64
-    texts: int = 64
+    (None: the thread pool's default for the machine's cores). Batches run across download
+    shards: up to `batches_per_call` image batches' worth of shards are scored together."""
+    images: int = CPU_BATCH
+    texts: int = CPU_BATCH
     decode_workers: int | None = None
     prefetch: int = 2  # image batches prepared ahead of the model
+    batches_per_call: int = 8
+
+    @property
+    def rows_per_call(self) -> int:
+        """Rows of the shards scored together (a larger shard is scored alone)."""
+        return self.images * self.batches_per_call

@@ -1,4 +1,5 @@
-"""Reading the download stage's output: one element per finished download shard.
+"""Reading the download stage's output: one element per finished download shard; and the shape of
+a scored shard (no torch here: writing and resuming need it without the models).
 
 A shard `N` is finished when `NNNNN_stats.json` exists (transforms/download/shards.py); its
 parquet lists every input row with a `status`, and its tar holds `KEY.jpg`/`KEY.webp` for the
@@ -9,12 +10,13 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from crawl2clip.transforms.download.images import OUTPUT_FORMATS
-from crawl2clip.transforms.download.shards import KEY, STATUS, SUCCESS, finished_shards, shard_name
+from crawl2clip.transforms import files
+from crawl2clip.transforms.download.shards import KEY, STATUS, SUCCESS, TAR, finished_shards, read_shard_table, shard_file
 from crawl2clip.transforms.errors import error_record
 
 STAGE = "score"
@@ -37,6 +39,28 @@ class ShardPairs:
         return len(self.images)
 
 
+@dataclass
+class ScoredShard:
+    """A shard's pairs whose image decoded (`table`), with aligned float32 unit-norm embeddings and
+    `similarity`; `tags` (punsafe, pwatermark, aesthetic, ptoxic: None where not computed) and
+    `drop_reasons` are filled by the later steps. `errors` holds the shard's error records so far;
+    `images` the rows' encoded images when a later step needs the pixels (the watermark detector)."""
+    number: int
+    tar_path: str
+    table: pa.Table
+    img_emb: np.ndarray
+    text_emb: np.ndarray
+    similarity: np.ndarray
+    errors: list[dict] = field(default_factory=list)
+    read_failed: bool = False
+    tags: dict[str, np.ndarray | None] = field(default_factory=dict)
+    drop_reasons: list[str | None] | None = None
+    images: list[bytes] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+
 def download_shards(download_dir: str) -> list[int]:
     """The finished shards of a download folder, in increasing number."""
     return sorted(finished_shards(download_dir))
@@ -44,7 +68,7 @@ def download_shards(download_dir: str) -> list[int]:
 
 def _tar_images(tar_path: str, wanted: set[str]) -> dict[str, bytes]:
     images = {}
-    with tarfile.open(tar_path, "r:") as tar:
+    with files.open_read(tar_path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
         for member in tar:
             key, _, extension = member.name.rpartition(".")
             if member.isfile() and extension in IMAGE_EXTENSIONS and key in wanted:
@@ -54,11 +78,10 @@ def _tar_images(tar_path: str, wanted: set[str]) -> dict[str, bytes]:
 
 def read_shard(download_dir: str, number: int) -> ShardPairs:
     """Reads shard `number`: its successful rows and their image bytes, in key order."""
-    name = shard_name(number)
-    tar_path = os.path.abspath(os.path.join(download_dir, f"{name}.tar"))
-    parquet_path = os.path.join(download_dir, f"{name}.parquet")
+    tar_path = shard_file(download_dir, number, TAR)
+    tar_path = os.path.abspath(tar_path) if files.is_local(tar_path) else tar_path
     try:
-        table = pq.read_table(parquet_path)
+        table = read_shard_table(download_dir, number)
         table = table.filter(pc.equal(table[STATUS], SUCCESS)).sort_by(KEY)
         keys = table[KEY].to_pylist()
         found = _tar_images(tar_path, set(keys))

@@ -1,20 +1,22 @@
 """The scoring stage as Beam transforms; the unit of work is one download shard.
 
-    shard numbers -> ReadDownloadShards -> ScoreWithClip -> TagContent -> FilterBySimilarity
-                  -> WriteScoredShards (part N, dropped_N, errors_N)
-"""
+    shard numbers -> ReadDownloadShards -> ScoreWithClip -> [DetectWatermarks] -> TagContent
+                  -> FilterBySimilarity -> WriteScoredShards (part N, dropped_N, errors_N)
 
-from collections.abc import Sequence
+ScoreWithClip groups consecutive shards (up to a few batches of rows) so the model's batches
+run across shard boundaries; what leaves it is one ScoredShard per download shard again.
+"""
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from crawl2clip.models.clip import ClipSpec
+from crawl2clip.models.mclip import MClipSpec
 from crawl2clip.transforms.errors import count_error, counter
-from crawl2clip.transforms.score.content import HeadSource
+from crawl2clip.transforms.score.content import TagSource
 from crawl2clip.transforms.score.filters import filter_shard
-from crawl2clip.transforms.score.handlers import ClipHandler, ContentHandler
-from crawl2clip.transforms.score.scoring import ScoredShard
+from crawl2clip.transforms.score.handlers import ClipHandler, ContentHandler, WatermarkHandler
+from crawl2clip.transforms.score.scoring import ScoredShard, ShardGroup
 from crawl2clip.transforms.score.settings import BatchSizes, Thresholds
 from crawl2clip.transforms.score.shards import STAGE, read_shard
 from crawl2clip.transforms.score.write import is_scored, write_scored_shard
@@ -53,22 +55,42 @@ class ReadDownloadShards(beam.PTransform):
 
 class ScoreWithClip(beam.PTransform):
     """ShardPairs -> ScoredShard: L2-normalised image and caption embeddings and their cosine
-    similarity, English pairs with `specs['en']`, the others with `specs['multi']`."""
+    similarity: every image through `image`'s image tower, each caption through its route's
+    text tower in `texts` (None: the CLIP's own). `keep_images` keeps the images for a later
+    step that reads pixels."""
 
-    def __init__(self, specs: dict[str, ClipSpec], sizes: BatchSizes = BatchSizes()):
+    def __init__(self, image: ClipSpec, texts: dict[str, MClipSpec | None], sizes: BatchSizes = BatchSizes(),
+                 keep_images: bool = False):
         super().__init__()
-        self.handler = ClipHandler(specs, sizes)
+        self.rows = sizes.rows_per_call
+        self.handler = ClipHandler(image, texts, sizes, keep_images)
 
     def expand(self, shards):
-        return shards | "RunClip" >> RunInference(self.handler.with_no_batching())
+        # A fixed size (min = max) in rows: BatchElements' adaptive sizing would start at one shard.
+        return (shards
+                | "GroupShards" >> beam.BatchElements(min_batch_size=self.rows, max_batch_size=self.rows,
+                                                      element_size_fn=len)
+                | "ShardGroups" >> beam.Map(ShardGroup)
+                | "RunClip" >> RunInference(self.handler.with_no_batching()))
+
+
+class DetectWatermarks(beam.PTransform):
+    """ScoredShard (with images) -> the same with pwatermark from LAION's watermark detector."""
+
+    def __init__(self, path: str, device: str, precision: str, sizes: BatchSizes = BatchSizes()):
+        super().__init__()
+        self.handler = WatermarkHandler(path, device, precision, sizes)
+
+    def expand(self, shards):
+        return shards | "RunWatermarkDetector" >> RunInference(self.handler.with_no_batching())
 
 
 class TagContent(beam.PTransform):
-    """ScoredShard -> the same with punsafe, pwatermark and ptoxic per pair."""
+    """ScoredShard -> the same with punsafe, pwatermark, aesthetic (null where not computed) and ptoxic."""
 
-    def __init__(self, specs: dict[str, ClipSpec], heads: Sequence[HeadSource], toxicity_model: str | None):
+    def __init__(self, image: ClipSpec, sources: dict[str, TagSource], toxicity_model: str | None):
         super().__init__()
-        self.handler = ContentHandler(specs, heads, toxicity_model)
+        self.handler = ContentHandler(image, sources, toxicity_model)
 
     def expand(self, shards):
         return shards | "RunContentHeads" >> RunInference(self.handler.with_no_batching())

@@ -14,9 +14,8 @@ from crawl2clip.transforms.embeddings import part_paths, write_part
 from crawl2clip.transforms.errors import counter
 from crawl2clip.transforms.extract.rules import pair_uid
 from crawl2clip.transforms.schema import ERROR_SCHEMA, LANGUAGE, SPLIT, TEXT, UID, URL
-from crawl2clip.transforms.score.scoring import ScoredShard
-from crawl2clip.transforms.score.settings import TAG_COLUMNS, TOXIC_COLUMN, UNSAFE, WATERMARK
-from crawl2clip.transforms.score.shards import STAGE
+from crawl2clip.transforms.score.settings import AESTHETIC, TAG_COLUMNS, TOXIC_COLUMN, UNSAFE, WATERMARK
+from crawl2clip.transforms.score.shards import STAGE, ScoredShard
 
 SHARD = "shard"  # absolute path of the download tar holding the image
 WIDTH = "WIDTH"  # LAION's: the original image's size
@@ -41,6 +40,7 @@ METADATA_FIELDS = (
     pa.field(TAG_COLUMNS[UNSAFE], pa.float32()),
     pa.field(TAG_COLUMNS[WATERMARK], pa.float32()),
     pa.field(TOXIC_COLUMN, pa.float32()),
+    pa.field(TAG_COLUMNS[AESTHETIC], pa.float32()),
     pa.field(HASH, pa.int64()),
     pa.field(UID, pa.string()),
     pa.field(SHA256, pa.string()),
@@ -51,6 +51,14 @@ _NAMED = {f.name for f in METADATA_FIELDS}
 def uid_hash(uid: str) -> int:
     """LAION's int64 `hash` column, from the first 8 bytes of the uid."""
     return int.from_bytes(bytes.fromhex(uid[:16]), "big", signed=True)
+
+
+def _nullable(values: np.ndarray | None, count: int) -> pa.Array:
+    """A tag's float32 column: null everywhere when it was not computed, null where NaN."""
+    if values is None:
+        return pa.nulls(count, pa.float32())
+    values = np.asarray(values, np.float32)
+    return pa.array(values, pa.float32(), mask=np.isnan(values))
 
 
 def metadata_table(shard: ScoredShard) -> pa.Table:
@@ -64,10 +72,12 @@ def metadata_table(shard: ScoredShard) -> pa.Table:
     values = {
         KEY: column(KEY), SHARD: [shard.tar_path] * count, URL: column(URL), TEXT: column(TEXT),
         WIDTH: column(ORIGINAL_WIDTH), HEIGHT: column(ORIGINAL_HEIGHT), LANGUAGE: column(LANGUAGE),
-        SPLIT: column(SPLIT), SIMILARITY: shard.similarity, **shard.tags,
+        SPLIT: column(SPLIT), SIMILARITY: shard.similarity,
+        **{name: _nullable(shard.tags.get(name), count) for name in (*TAG_COLUMNS.values(), TOXIC_COLUMN)},
         HASH: [uid_hash(uid) for uid in uids], UID: uids, SHA256: column(SHA256),
     }
-    named = [pa.array(values[f.name], f.type) for f in METADATA_FIELDS]
+    named = [values[f.name] if isinstance(values[f.name], pa.Array) else pa.array(values[f.name], f.type)
+             for f in METADATA_FIELDS]
     carried = [name for name in table.column_names if name not in _NAMED and name not in OUTPUT_COLUMNS]
     return pa.Table.from_arrays(named + [table[name] for name in carried],
                                 schema=pa.schema(list(METADATA_FIELDS) + [table.schema.field(n) for n in carried]))
