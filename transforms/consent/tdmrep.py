@@ -18,15 +18,13 @@ image is not requested once the file reserves it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-from crawl2clip.transforms.download.robots import robots_key
+from crawl2clip.transforms.download.robots import OriginCache, SingleFlight, robots_key
 
 WELL_KNOWN_PATH = "/.well-known/tdmrep.json"
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -126,59 +124,24 @@ class TdmrepRules:
 Fetch = Callable[[str], Awaitable[tuple[int | None, bytes]]]
 
 
-class TdmrepCache:
-    """Rules per scheme+host+port for one fetcher's event loop; least recently used dropped past
-    `max_sites`. Concurrent requests to one origin wait for a single fetch of its file."""
+class TdmrepCache(OriginCache):
+    """Rules per origin for one fetcher's event loop; concurrent requests to one origin wait for a
+    single fetch of its file."""
 
     def __init__(self, max_sites: int = 10_000):
-        self.max_sites = max_sites
-        self._rules: OrderedDict[str, TdmrepRules] = OrderedDict()
-        self._pending: dict[str, asyncio.Future] = {}
-
-    def get(self, url: str) -> TdmrepRules | None:
-        key = robots_key(url)
-        rules = self._rules.get(key)
-        if rules is not None:
-            self._rules.move_to_end(key)
-        return rules
-
-    def put(self, url: str, rules: TdmrepRules) -> None:
-        key = robots_key(url)
-        self._rules[key] = rules
-        self._rules.move_to_end(key)
-        while len(self._rules) > self.max_sites:
-            self._rules.popitem(last=False)
+        super().__init__(max_sites)
+        self._fetches = SingleFlight()
 
     async def rules(self, url: str, fetch: Fetch) -> TdmrepRules:
         """The origin's rules, fetched with `fetch(url) -> (status or None, body)` the first time."""
-        key = robots_key(url)
-        while True:
-            rules = self.get(url)
-            if rules is not None:
-                return rules
-            pending = self._pending.get(key)
-            if pending is None:
-                break
-            rules = await asyncio.shield(pending)
-            if rules is not None:
-                return rules  # None: the fetching task was cancelled, look again
-        pending = asyncio.get_running_loop().create_future()
-        self._pending[key] = pending
-        rules = None
-        try:
+        async def load() -> TdmrepRules:
             try:
-                rules = TdmrepRules.from_fetch(*(await fetch(tdmrep_url(url))))
+                return TdmrepRules.from_fetch(*(await fetch(tdmrep_url(url))))
             except Exception:  # unreachable or broken: the site does not implement the protocol
-                rules = TdmrepRules()
-            self.put(url, rules)
-        finally:
-            del self._pending[key]
-            pending.set_result(rules)
-        return rules
+                return TdmrepRules()
+        return await self._fetches.get(url, self, load)
 
     async def reservation(self, url: str, fetch: Fetch) -> str | None:
         return (await self.rules(url, fetch)).reservation(url)
 
-    def __len__(self) -> int:
-        return len(self._rules)
 

@@ -89,7 +89,7 @@ from crawl2clip.transforms.download.robots import (
     MAX_ROBOTS_BYTES,
     RobotsCache,
     RobotsPolicy,
-    robots_key,
+    SingleFlight,
     robots_url,
     x_robots_tag_forbids,
 )
@@ -231,7 +231,7 @@ class AsyncFetcher:
         self._session: aiohttp.ClientSession | None = None
         self._dns: dict[str, tuple[float, list[str] | BaseException]] = {}
         self._dns_pending: dict[str, asyncio.Future] = {}
-        self._robots_pending: dict[str, asyncio.Future] = {}
+        self._robots_fetches = SingleFlight()
         self._host_slots: dict[str, list] = {}  # host -> [semaphore, users]
         self._global_slots: _OrderedSlots | None = None
         self._url_slots: _OrderedSlots | None = None
@@ -482,31 +482,12 @@ class AsyncFetcher:
     # -- robots.txt ----------------------------------------------------------------------------
 
     async def _robots_policy(self, url: str) -> RobotsPolicy:
-        key = robots_key(url)
-        while True:
-            policy = self.robots.get(url)
-            if policy is not None:
-                return policy
-            pending = self._robots_pending.get(key)
-            if pending is None:
-                break
-            policy = await asyncio.shield(pending)
-            if policy is not None:
-                return policy  # None: the fetching task was cancelled, look again
-        pending = asyncio.get_running_loop().create_future()
-        self._robots_pending[key] = pending
-        policy = None
-        try:
+        async def load() -> RobotsPolicy:
             try:
-                status, body = await self._fetch_robots(robots_url(url))
-                policy = RobotsPolicy.from_fetch(status, body)
+                return RobotsPolicy.from_fetch(*(await self._fetch_robots(robots_url(url))))
             except Exception:
-                policy = RobotsPolicy.disallow_all()
-            self.robots.put(url, policy)
-        finally:
-            del self._robots_pending[key]
-            pending.set_result(policy)
-        return policy
+                return RobotsPolicy.disallow_all()
+        return await self._robots_fetches.get(url, self.robots, load)
 
     async def _fetch_robots(self, url: str) -> tuple[int | None, bytes]:
         """(final status or None when unreachable, body) for a robots.txt URL."""

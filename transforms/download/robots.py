@@ -13,9 +13,11 @@ and 4xx but 429 -> no robots.txt, everything allowed; 429, 5xx and unreachable -
 disallowed (for this run: the cache keeps the verdict).
 """
 
+import asyncio
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 from urllib.robotparser import RobotFileParser
@@ -140,33 +142,70 @@ def robots_url(url: str) -> str:
     return robots_key(url) + "/robots.txt"
 
 
-class RobotsCache:
-    """Policies per scheme+host+port, least recently used dropped past `max_sites`. Thread-safe:
-    one downloader process fetches with many threads."""
+class OriginCache:
+    """Values per scheme+host+port (robots.txt policies, TDMRep rules), least recently used dropped
+    past `max_sites`. Thread-safe: one downloader process fetches with many threads."""
 
     def __init__(self, max_sites: int = 10_000):
         self.max_sites = max_sites
-        self._policies: OrderedDict[str, RobotsPolicy] = OrderedDict()
+        self._values: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, url: str) -> RobotsPolicy | None:
+    def get(self, url: str):
         key = robots_key(url)
         with self._lock:
-            policy = self._policies.get(key)
-            if policy is not None:
-                self._policies.move_to_end(key)
-            return policy
+            value = self._values.get(key)
+            if value is not None:
+                self._values.move_to_end(key)
+            return value
 
-    def put(self, url: str, policy: RobotsPolicy) -> None:
+    def put(self, url: str, value) -> None:
         key = robots_key(url)
         with self._lock:
-            self._policies[key] = policy
-            self._policies.move_to_end(key)
-            while len(self._policies) > self.max_sites:
-                self._policies.popitem(last=False)
+            self._values[key] = value
+            self._values.move_to_end(key)
+            while len(self._values) > self.max_sites:
+                self._values.popitem(last=False)
 
     def __len__(self) -> int:
-        return len(self._policies)
+        return len(self._values)
+
+
+class RobotsCache(OriginCache):
+    """robots.txt policies per origin."""
+
+
+class SingleFlight:
+    """One fetch per origin at a time on one event loop: concurrent callers of `get` wait for the
+    first caller's result instead of fetching the same file again. (Per loop, while the cache it
+    fills may be shared by fetchers in several threads.)"""
+
+    def __init__(self):
+        self._pending: dict[str, asyncio.Future] = {}
+
+    async def get(self, url: str, cache: OriginCache, load: Callable[[], Awaitable]):
+        """The cached value of `url`'s origin, else `await load()` (which must not raise), cached."""
+        key = robots_key(url)
+        while True:
+            value = cache.get(url)
+            if value is not None:
+                return value
+            pending = self._pending.get(key)
+            if pending is None:
+                break
+            value = await asyncio.shield(pending)
+            if value is not None:
+                return value  # None: the fetching task was cancelled, look again
+        pending = asyncio.get_running_loop().create_future()
+        self._pending[key] = pending
+        value = None
+        try:
+            value = await load()
+            cache.put(url, value)
+        finally:
+            del self._pending[key]
+            pending.set_result(value)
+        return value
 
 
 def x_robots_tag_forbids(
