@@ -50,6 +50,7 @@ from crawl2clip.pipelines.templates import (
 )
 from crawl2clip.transforms import files
 from crawl2clip.transforms.progress import PROGRESS_FOLDER
+from crawl2clip.transforms.score.settings import SCORING_JSON
 
 DEMO_OUTPUT = os.path.join("output", "demo")
 
@@ -182,7 +183,7 @@ def score(argv: list[str]) -> int:
         lambda out: {"Embeddings": os.path.join(out, "img_emb") + ", " + os.path.join(out, "text_emb"),
                      "Metadata": os.path.join(out, "metadata", "metadata_*.parquet"),
                      "Dropped pairs": os.path.join(out, "dropped", "dropped_*.parquet"),
-                     "Settings": os.path.join(out, "scoring.json"),
+                     "Settings": os.path.join(out, SCORING_JSON),
                      "Metrics": os.path.join(out, "metrics.json")},
         carried=lambda stage: finished_work("score", stage.output_dir),
     )

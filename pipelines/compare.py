@@ -48,6 +48,7 @@ from crawl2clip.transforms.compare.variants import Variant, parse_variants
 from crawl2clip.transforms.download.shards import finished_shards
 from crawl2clip.transforms.prune.settings import PruneSettings
 from crawl2clip.transforms.schema import ERROR_SCHEMA, UID
+from crawl2clip.transforms.score.settings import SCORING_JSON
 
 SETTINGS = "compare.json"
 COMPARISON = "comparison"
@@ -164,7 +165,7 @@ def plan(args) -> tuple[Plan | None, list[str]]:
     if not os.path.isdir(download_dir) or not finished_shards(download_dir):
         problems.append(f"--run {args.run}: no finished download shards in {download_dir}")
     needs_score = [v.name for v in variants if v.kind != sel.RAW]
-    if needs_score and not os.path.exists(os.path.join(score_dir, "scoring.json")):
+    if needs_score and not os.path.exists(os.path.join(score_dir, SCORING_JSON)):
         problems.append(f"--run {args.run}: {', '.join(needs_score)} need the score stage's output ({score_dir})")
     elif needs_score and sel.read_scoring(score_dir).get("thresholds", {}).get("score_only"):
         problems.append(f"--run {args.run} was scored with --score-only: no pair was CLIP-filtered "
@@ -174,7 +175,7 @@ def plan(args) -> tuple[Plan | None, list[str]]:
     for variant in (v for v in variants if v.kind == sel.DBP):
         run_fraction = run_prune["settings"]["keep_fraction"] if run_prune else None
         if variant.keep_fraction is None and run_prune is None:
-            problems.append(f"--variants dbp: the run has no prune (prune/kept.parquet); name a keep fraction: dbp:0.5")
+            problems.append("--variants dbp: the run has no prune (prune/kept.parquet); name a keep fraction: dbp:0.5")
         elif variant.keep_fraction is None or variant.keep_fraction == run_fraction:
             prunes[variant.name] = os.path.join(args.run, "prune", "kept.parquet")
         else:

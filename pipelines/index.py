@@ -9,8 +9,8 @@ from crawl2clip.pipelines.options import Crawl2ClipOptions
 from crawl2clip.transforms.errors import WriteErrors
 from crawl2clip.transforms.index.choice import parse_memory
 from crawl2clip.transforms.index.transform import BuildIndex, prepare_index
+from crawl2clip.transforms.score.settings import SCORING_JSON
 
-SCORING_JSON = "scoring.json"
 _CLIP_FIELDS = ("model", "pretrained", "device", "precision")
 
 

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from crawl2clip.transforms import files
 from crawl2clip.transforms.download.shards import PARQUET, finished_files
+from crawl2clip.transforms.score.settings import SCORING_JSON
 
 STAGES = ("extract", "download", "score", "prune")
 REPORT_JSON = "report.json"
@@ -80,7 +81,7 @@ def _numbers(table: pa.Table | None, column: str) -> list[float]:
 
 def _scoring(run_dir: str) -> dict[str, Any]:
     """The score stage's scoring.json (towers, tag sources, thresholds), or {} before it ran."""
-    return _read_json(files.join(run_dir, "score", "scoring.json")) or {}
+    return _read_json(files.join(run_dir, "score", SCORING_JSON)) or {}
 
 
 def _funnel(pairs: pa.Table | None, downloaded: int | None, kept: pa.Table | None, dropped: pa.Table | None,

@@ -19,6 +19,7 @@ from crawl2clip.models.mclip import MClipSpec, read_config, trained_for
 from crawl2clip.pipelines.options import Crawl2ClipOptions
 from crawl2clip.transforms.score.content import IMAGE_MODEL, describe_source, describe_toxicity, tag_sources
 from crawl2clip.transforms.score.settings import (
+    SCORING_JSON,
     AESTHETIC,
     CLIP_TEXT_TOWER,
     DEFAULT_MULTI_TEXT_MODEL,
@@ -42,7 +43,6 @@ from crawl2clip.transforms.score.transform import (
     WriteScoredShards,
 )
 
-SCORING_JSON = "scoring.json"
 ROUTED_SPLITS = {EN: ["en"], MULTI: ["multi", "nolang", None]}
 
 

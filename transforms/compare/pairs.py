@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from crawl2clip.transforms.download.shards import KEY, STATUS, SUCCESS, finished_shards, shard_name
+from crawl2clip.transforms.download.shards import KEY, PARQUET, STATUS, SUCCESS, TAR, finished_shards, shard_file
 from crawl2clip.transforms.errors import error_record
 from crawl2clip.transforms.schema import UID
 
@@ -43,8 +43,8 @@ def read_downloaded(download_dir: str) -> tuple[pa.Table, list[dict]]:
     in (`shard`), in shard and key order; error records for shards that cannot be read."""
     tables, errors = [], []
     for number in sorted(finished_shards(download_dir)):
-        parquet = os.path.join(download_dir, f"{shard_name(number)}.parquet")
-        tar = os.path.abspath(os.path.join(download_dir, f"{shard_name(number)}.tar"))
+        parquet = shard_file(download_dir, number, PARQUET)
+        tar = os.path.abspath(shard_file(download_dir, number, TAR))
         try:
             table = pq.read_table(parquet, columns=list(COLUMNS) + [STATUS])
         except (OSError, pa.ArrowException) as exc:

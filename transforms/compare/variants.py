@@ -25,7 +25,8 @@ from crawl2clip.transforms.errors import error_record
 from crawl2clip.transforms.prune.apply import kept_rows_by_part
 from crawl2clip.transforms.schema import UID
 from crawl2clip.transforms.score.filters import LOW_SIMILARITY, TAG_REASONS
-from crawl2clip.transforms.score.settings import NOT_COMPUTED
+from crawl2clip.transforms.score.write import DROP_REASON, DROPPED
+from crawl2clip.transforms.score.settings import NOT_COMPUTED, SCORING_JSON
 
 RAW, CLIP, CLIP_SAFE, DBP = "raw", "clip", "clip+safe", "dbp"
 KINDS = (RAW, CLIP, CLIP_SAFE, DBP)
@@ -72,7 +73,7 @@ def parse_variants(text: str) -> list[Variant]:
 
 
 def read_scoring(score_dir: str) -> dict:
-    with open(os.path.join(score_dir, "scoring.json")) as f:
+    with open(os.path.join(score_dir, SCORING_JSON)) as f:
         return json.load(f)
 
 
@@ -94,9 +95,9 @@ def clip_kept(score_dir: str) -> pa.Table:
     columns = [UID, *TAG_COLUMNS]
     kept = _read_columns([part.metadata for part in list_parts(score_dir)], columns)
     dropped = []
-    for table in _read_columns(sorted(glob.glob(os.path.join(score_dir, "dropped", "*.parquet"))),
-                               columns + ["drop_reason"]):
-        dropped.append(table.filter(pc.not_equal(table["drop_reason"], LOW_SIMILARITY)).select(columns))
+    for table in _read_columns(sorted(glob.glob(os.path.join(score_dir, DROPPED, "*.parquet"))),
+                               columns + [DROP_REASON]):
+        dropped.append(table.filter(pc.not_equal(table[DROP_REASON], LOW_SIMILARITY)).select(columns))
     tables = kept + dropped
     if not tables:
         return pa.schema([(UID, pa.string())] + [(c, pa.float32()) for c in TAG_COLUMNS]).empty_table()

@@ -8,6 +8,7 @@ same space (M-CLIP), each route with its own similarity threshold.
 
 from dataclasses import dataclass, field
 
+SCORING_JSON = "scoring.json"  # the stage's models, tag sources and thresholds (its settings file)
 EN = "en"
 MULTI = "multi"
 ROUTES = (EN, MULTI)
