@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from crawl2clip.transforms import files
+
 IMG_EMB = "img_emb"
 TEXT_EMB = "text_emb"
 METADATA = "metadata"
@@ -53,13 +55,6 @@ def list_parts(directory: str) -> list[Part]:
     return [part_paths(directory, n) for n in numbers]
 
 
-def _replace_atomically(path: str, write) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def write_part(directory: str, number: int, img_emb: np.ndarray, text_emb: np.ndarray,
                metadata: pa.Table) -> Part:
     """Writes one part; the metadata goes last, so the part counts as written only when whole."""
@@ -68,14 +63,9 @@ def write_part(directory: str, number: int, img_emb: np.ndarray, text_emb: np.nd
                          f"{metadata.num_rows} metadata rows must be aligned")
     part = part_paths(directory, number)
     for path, array in ((part.img_emb, img_emb), (part.text_emb, text_emb)):
-        _replace_atomically(path, lambda tmp, a=array: _save_npy(tmp, a))
-    _replace_atomically(part.metadata, lambda tmp: pq.write_table(metadata, tmp))
+        files.write_atomic(path, lambda f, a=array: np.save(f, np.asarray(a, dtype=EMBEDDING_DTYPE)))
+    files.write_atomic(part.metadata, lambda f: pq.write_table(metadata, f))
     return part
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, np.asarray(array, dtype=EMBEDDING_DTYPE))
 
 
 def load_embeddings(path: str) -> np.ndarray:

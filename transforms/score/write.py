@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from crawl2clip.transforms import files
 from crawl2clip.transforms.download.shards import KEY, ORIGINAL_HEIGHT, ORIGINAL_WIDTH, OUTPUT_COLUMNS, SHA256
 from crawl2clip.transforms.embeddings import part_paths, write_part
 from crawl2clip.transforms.errors import counter
@@ -83,11 +84,8 @@ def metadata_table(shard: ScoredShard) -> pa.Table:
                                 schema=pa.schema(list(METADATA_FIELDS) + [table.schema.field(n) for n in carried]))
 
 
-def _write_table_atomically(table: pa.Table, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    pq.write_table(table, temporary)
-    os.replace(temporary, path)
+def _write_table(table: pa.Table, path: str) -> None:
+    files.write_atomic(path, lambda f: pq.write_table(table, f))
 
 
 def dropped_path(output_dir: str, number: int) -> str:
@@ -105,7 +103,7 @@ def is_scored(output_dir: str, number: int) -> bool:
 def write_scored_shard(output_dir: str, shard: ScoredShard) -> dict[str, int]:
     """Writes errors, dropped pairs, then the part; returns the kept and dropped counts."""
     if shard.errors:
-        _write_table_atomically(pa.Table.from_pylist(shard.errors, schema=ERROR_SCHEMA),
+        _write_table(pa.Table.from_pylist(shard.errors, schema=ERROR_SCHEMA),
                                 errors_path(output_dir, shard.number))
     if shard.read_failed:
         return {"kept": 0, "dropped": 0}
@@ -114,7 +112,7 @@ def write_scored_shard(output_dir: str, shard: ScoredShard) -> dict[str, int]:
     kept = np.array([reason is None for reason in reasons], bool)
     dropped = metadata.filter(pa.array(~kept)).append_column(
         DROP_REASON, pa.array([r for r in reasons if r is not None], pa.string()))
-    _write_table_atomically(dropped, dropped_path(output_dir, shard.number))
+    _write_table(dropped, dropped_path(output_dir, shard.number))
     write_part(output_dir, shard.number, shard.img_emb[kept], shard.text_emb[kept], metadata.filter(pa.array(kept)))
     for reason in set(reasons) - {None}:
         counter(STAGE, f"dropped_{reason}").inc(reasons.count(reason))
