@@ -370,9 +370,10 @@ def iterate_project(path: Path) -> tuple[int, int]:
 # (c) extraction
 
 
-def lexbor_pairs_from_html(page: bytes, page_url: str, content_type: str, rules):
+def lexbor_pairs_from_html(page: bytes, page_url: str, content_type: str, rules, headers=None):
     """pairs_from_html with the tokenizer replaced by a full lexbor HTML5 parse (the page
-    decoded with the same charset first, as tests/test_html.py compares them)."""
+    decoded with the same charset first, as tests/test_html.py compares them). The page's
+    opt-out headers and meta tags are not read: this compares the tag scanners."""
     from urllib.parse import urljoin
 
     from selectolax.lexbor import LexborHTMLParser
