@@ -15,7 +15,9 @@ Each yields a :class:`Cluster` whose ``pipeline_args`` are the flags to hand to 
 whose ``rest_url`` is Flink's REST API / the Spark master's web UI (``/json``) / the NameNode's
 HTTP server (WebHDFS).  On teardown they run ``deploy/cluster.sh <kind> stop`` and then check that
 no process of the process groups they started is left (what is left is SIGKILLed and the teardown
-fails), also when the test failed.  ``hdfs_dir`` (per test) is a fresh ``hdfs://`` folder, with
+fails), also when the test failed. A cluster that was already running when the fixture started
+(``deploy/cluster.sh <kind> start`` answers "already running": someone started it by hand) is
+joined and left running.  ``hdfs_dir`` (per test) is a fresh ``hdfs://`` folder, with
 Beam's ``FileSystems`` set to reach the HDFS, deleted afterwards.
 
 :func:`flink_job_subtask_records` reads a finished Flink job's per-subtask record counts from the
@@ -65,6 +67,7 @@ class Cluster:
     worker_pool: str  # host:port of the Beam worker pool, EXTERNAL environment ("" for hdfs)
     info: dict[str, str] = field(default_factory=dict)  # all of run/<kind>.info
     process_groups: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (pgid, start)
+    joined: bool = False  # it was running before: not ours to stop
 
     def rest(self, path: str, timeout: float = 10.0) -> Any:
         """GET ``rest_url + path`` and decode the JSON answer."""
@@ -253,6 +256,7 @@ def start_cluster(kind: str, *start_args: str) -> Cluster:
             worker_pool=info.get("worker_pool", ""),
             info={**info, "start_seconds": f"{time.monotonic() - t0:.1f}"},
             process_groups=groups,
+            joined=f"{kind} already running" in output,
         )
         _ACTIVE[kind] = [cluster, 1]
         return cluster
@@ -268,7 +272,8 @@ def release_cluster(kind: str) -> None:
         if entry[1] > 0:
             return
         del _ACTIVE[kind]
-        stop_and_verify(kind, entry[0].process_groups)
+        if not entry[0].joined:
+            stop_and_verify(kind, entry[0].process_groups)
 
 
 def _cluster_fixture(kind: str, *start_args: str) -> Iterator[Cluster]:

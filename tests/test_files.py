@@ -192,3 +192,28 @@ def test_hdfs_files_are_on_the_hdfs(hdfs_cluster, hdfs_dir, tmp_path, monkeypatc
         status = json.load(response)["FileStatus"]
     assert status["type"] == "FILE" and status["length"] == len(PAYLOAD)
     assert os.listdir(tmp_path) == []
+
+
+def test_local_copy_is_the_path_itself_or_one_copy_per_file(root, tmp_path, monkeypatch):
+    monkeypatch.setenv("CRAWL2CLIP_CACHE", str(tmp_path / "cache"))
+    path = files.write_atomic(files.join(root, "part.npy"), PAYLOAD)
+    copy = files.local_copy(path)
+    assert open(copy, "rb").read() == PAYLOAD
+    if files.is_local(path):
+        assert copy == path and not (tmp_path / "cache").exists()
+    else:
+        assert files.local_copy(path) == copy  # made once
+        files.write_atomic(path, PAYLOAD[:1000])  # rewritten under its name with another size
+        assert open(files.local_copy(path), "rb").read() == PAYLOAD[:1000]
+
+
+def test_upload_commits_a_local_file_and_move_replaces(root, tmp_path):
+    local = tmp_path / "built.bin"
+    local.write_bytes(PAYLOAD)
+    target = files.upload(str(local), files.join(root, "out", "built.bin"))
+    assert files.read_bytes(target) == PAYLOAD
+    other = files.write_atomic(files.join(root, "out", "other.bin"), b"other")
+    files.move(other, target)  # onto an existing file: HDFS renames only onto free names
+    assert files.read_bytes(target) == b"other" and not files.exists(other)
+    assert not [name for name in listed(files.join(root, "out")) if files.is_temporary(name)]
+    assert files.is_temporary(".built.bin.tmp-0123abcd") and not files.is_temporary("built.bin")

@@ -15,9 +15,12 @@ filesystem cannot be used (options missing, no answer), naming the options to ch
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -97,6 +100,37 @@ def size(path: str) -> int:
     return FileSystems.get_filesystem(path).size(path)
 
 
+_COPIES_LOCK = threading.Lock()
+
+
+def local_copy(path: str) -> str:
+    """A local path holding the bytes of `path`, for readers that need one (numpy's memory map,
+    faiss, tarfile seeking): `path` itself when it is local, else a copy in this process's cache
+    folder (`$CRAWL2CLIP_CACHE` or the temp folder), made once per path and size. Meant for
+    committed files, which never change under their name; a file rewritten with another size
+    gets a new copy."""
+    if is_local(path):
+        return path
+    key = hashlib.sha256(f"{path}\0{size(path)}".encode()).hexdigest()[:24]
+    folder = os.path.join(os.environ.get("CRAWL2CLIP_CACHE") or tempfile.gettempdir(), "crawl2clip-copies")
+    copy = os.path.join(folder, f"{key}-{FileSystems.split(path)[1]}")
+    with _COPIES_LOCK:
+        if not os.path.exists(copy):
+            os.makedirs(folder, exist_ok=True)
+            temporary = f"{copy}.tmp-{uuid.uuid4().hex}"
+            with open_read(path) as source, open(temporary, "wb") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+            os.replace(temporary, copy)
+    return copy
+
+
+def upload(local_path: str, path: str) -> str:
+    """Commits a local file (built where a library needs a local path: faiss, tarfile) as `path`
+    through `write_atomic`; returns `path`."""
+    with open(local_path, "rb") as source:
+        return write_atomic(path, lambda target: shutil.copyfileobj(source, target, 1 << 20))
+
+
 class PendingFile:
     """A file written under a temporary name of its own (`.NAME.tmp-<attempt>`, in the final
     file's folder) until `commit` gives it its final name; `discard` deletes it. As a context
@@ -150,6 +184,17 @@ def write_atomic(path: str, data: bytes | Callable[[BinaryIO], None], durable: b
         else:
             pending.file.write(data)
     return path
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is an unfinished write's (`.NAME.tmp-<attempt>`)."""
+    return name.startswith(".") and _TEMPORARY in name
+
+
+def move(source: str, path: str) -> None:
+    """Renames a file (or a folder) to `path`, replacing a file there (HDFS renames only onto a
+    free name; a folder still goes only where nothing is: HDFS would move it into one)."""
+    _replace(source, path)
 
 
 def temporaries(path: str) -> list[str]:
