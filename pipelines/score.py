@@ -4,22 +4,24 @@ clip-retrieval's layout, with the pairs under the thresholds set aside.
 One image embedding space per run: every image through one CLIP's image tower, the English
 captions through its text tower, the others through a multilingual text tower trained into the
 same space. Everything that would fail in every worker, or mix spaces, is refused here first.
+
+This module maps the options onto the run's setup and composes the stage, which is one
+PTransform (transforms/score/transform.ScoreShards); download and output folders may be on any
+Beam filesystem.
 """
 
-import json
 import os
-from dataclasses import asdict
 
 import apache_beam as beam
-import open_clip
 import torch
 
-from crawl2clip.models.clip import TINY_MULTILINGUAL, ClipSpec, register_project_models, tiny_clip_spec
-from crawl2clip.models.mclip import MClipSpec, read_config, trained_for
+from crawl2clip.models.clip import TINY_MULTILINGUAL, ClipSpec, tiny_clip_spec
+from crawl2clip.models.mclip import MClipSpec
 from crawl2clip.pipelines.options import Crawl2ClipOptions
-from crawl2clip.transforms.score.content import IMAGE_MODEL, describe_source, describe_toxicity, tag_sources
+from crawl2clip.transforms import files
+from crawl2clip.transforms.score.content import tag_sources
+from crawl2clip.transforms.score.describe import clip_embed_dim, describe_setup, describe_towers
 from crawl2clip.transforms.score.settings import (
-    SCORING_JSON,
     AESTHETIC,
     CLIP_TEXT_TOWER,
     DEFAULT_MULTI_TEXT_MODEL,
@@ -32,18 +34,10 @@ from crawl2clip.transforms.score.settings import (
     BatchSizes,
     Thresholds,
     default_batch,
+    record_settings,
 )
 from crawl2clip.transforms.score.shards import download_shards
-from crawl2clip.transforms.score.transform import (
-    DetectWatermarks,
-    FilterBySimilarity,
-    ReadDownloadShards,
-    ScoreWithClip,
-    TagContent,
-    WriteScoredShards,
-)
-
-ROUTED_SPLITS = {EN: ["en"], MULTI: ["multi", "nolang", None]}
+from crawl2clip.transforms.score.transform import ScoreShards, ScoringSetup
 
 
 def _path(value: str | None) -> str | None:
@@ -81,56 +75,6 @@ def text_specs(options: Crawl2ClipOptions, image: ClipSpec) -> dict[str, MClipSp
     return {EN: None, MULTI: MClipSpec(_path(multi), options.clip_device, options.clip_precision)}
 
 
-def clip_embed_dim(spec: ClipSpec) -> int | None:
-    """The CLIP's embedding size from its config, without loading weights."""
-    register_project_models()
-    return (open_clip.get_model_config(spec.model) or {}).get("embed_dim")
-
-
-def _check_image_tower(spec: ClipSpec) -> int:
-    dim = clip_embed_dim(spec)
-    if dim is None:
-        raise ValueError(f"{spec.model}: not an open_clip model name")
-    if spec.pretrained and not os.path.isfile(spec.pretrained) \
-            and spec.pretrained not in open_clip.list_pretrained_tags_by_model(spec.model):
-        raise ValueError(f"{spec.model}: {spec.pretrained!r} is neither one of its pretrained tags "
-                         f"({', '.join(open_clip.list_pretrained_tags_by_model(spec.model)) or 'none'}) nor a file")
-    return dim
-
-
-def _fits(trained: dict, image: ClipSpec) -> bool:
-    """Whether a tower trained for `trained` (model, maybe pretrained) shares `image`'s space. A
-    checkpoint file cannot be told apart from a tag's weights by name: the model name decides then."""
-    if trained.get("model") != image.model:
-        return False
-    pretrained = trained.get("pretrained")
-    return not pretrained or not image.pretrained or os.path.isfile(image.pretrained) or pretrained == image.pretrained
-
-
-def describe_towers(image: ClipSpec, texts: dict[str, MClipSpec | None]) -> dict:
-    """Checks that every tower works in `image`'s embedding space; returns what scoring.json records."""
-    dim = _check_image_tower(image)
-    own = {"kind": "clip", "model": image.model, "pretrained": image.pretrained}
-    described = {}
-    for route, spec in texts.items():
-        if spec is None:
-            described[route] = own
-            continue
-        config = read_config(spec.source)
-        trained = trained_for(spec.source, config)
-        if int(config["numDims"]) != dim:
-            raise ValueError(f"{spec.source}: its text embeddings have {config['numDims']} dimensions, {image.model}'s "
-                             f"{dim}: it was not trained for this CLIP (give --multi-text-model for {image.model}, "
-                             "or 'clip')")
-        if trained and not _fits(trained, image):
-            raise ValueError(f"{spec.source} was trained into the space of {trained.get('model')} "
-                             f"{trained.get('pretrained') or ''}, not {image.model} {image.pretrained or ''}: give "
-                             f"--multi-text-model for {image.model}, or 'clip' for its own text tower")
-        described[route] = {"kind": "m-clip", "source": spec.source, "model_base": config["modelBase"],
-                            "embed_dim": dim, "trained_for": trained}
-    return {"image_tower": asdict(image), "text_towers": described}
-
-
 def thresholds(options: Crawl2ClipOptions, computed: set[str]) -> Thresholds:
     """The drop thresholds; a limit on a tag the run does not compute is refused."""
     limits = {TAG_COLUMNS[UNSAFE]: ("max_punsafe", options.max_punsafe),
@@ -147,26 +91,9 @@ def thresholds(options: Crawl2ClipOptions, computed: set[str]) -> Thresholds:
                       score_only=options.score_only)
 
 
-def record_settings(output_dir: str, settings: dict) -> None:
-    """Writes OUTPUT/scoring.json; a rerun into the same folder (to resume) must use the same
-    settings, or the parts would disagree."""
-    path = os.path.join(output_dir, SCORING_JSON)
-    text = json.dumps(settings, indent=2, sort_keys=True)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            if json.load(f) != json.loads(text):
-                raise ValueError(f"{output_dir} was scored with other settings ({path}); "
-                                 "use a new --output or the same options")
-        return
-    os.makedirs(output_dir, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-
-
-def score_shards(shard_numbers: beam.PCollection, options: Crawl2ClipOptions, download_dir: str,
-                 output_dir: str) -> beam.PCollection:
-    """Adds the stage for the download shards `shard_numbers` will name; returns the written
-    parts' counts. Checks what would fail in every worker and records the settings first."""
+def scoring_setup(options: Crawl2ClipOptions) -> tuple[ScoringSetup, dict]:
+    """The run's models and settings from the options, and their description for scoring.json:
+    refuses here (before any work) what would fail in every worker or mix embedding spaces."""
     image = image_spec(options)
     texts = text_specs(options, image)
     towers = describe_towers(image, texts)
@@ -175,33 +102,24 @@ def score_shards(shard_numbers: beam.PCollection, options: Crawl2ClipOptions, do
                            AESTHETIC: _path(options.aesthetic_head)},
                           _path(options.watermark_model), options.zero_shot_tags)
     computed = {TAG_COLUMNS[tag] for tag, source in sources.items() if source.computed} | {TOXIC_COLUMN}
-    limits = thresholds(options, computed)
-    record_settings(output_dir, {
-        "input": download_dir,
-        **towers,
-        "splits": ROUTED_SPLITS,
-        "tags": {TAG_COLUMNS[tag]: describe_source(source) for tag, source in sources.items()},
-        "toxicity": describe_toxicity(options.toxicity_model),
-        "thresholds": asdict(limits),
-    })
     batch = default_batch(options.clip_device, torch.cuda.is_available())
     sizes = BatchSizes(images=options.image_batch_size or batch, texts=options.text_batch_size or batch,
                        decode_workers=options.decode_workers)
-    watermark = sources[WATERMARK]
-    scored = (shard_numbers
-              | "ReadDownloadShards" >> ReadDownloadShards(download_dir, output_dir)
-              | "ScoreWithClip" >> ScoreWithClip(image, texts, sizes, keep_images=watermark.kind == IMAGE_MODEL))
-    if watermark.kind == IMAGE_MODEL:
-        scored = scored | "DetectWatermarks" >> DetectWatermarks(watermark.path, options.clip_device,
-                                                                 options.clip_precision, sizes)
-    return (scored
-            | "TagContent" >> TagContent(image, sources, options.toxicity_model)
-            | "FilterBySimilarity" >> FilterBySimilarity(limits)
-            | "WriteScoredShards" >> WriteScoredShards(output_dir))
+    return ScoringSetup(image, texts, sources, options.toxicity_model, thresholds(options, computed), sizes), towers
+
+
+def score_shards(shard_numbers: beam.PCollection, options: Crawl2ClipOptions, download_dir: str,
+                 output_dir: str) -> beam.PCollection:
+    """Adds the stage for the download shards `shard_numbers` will name; returns (shard number,
+    its counters) per part written. Checks the setup and records it in scoring.json first."""
+    setup, towers = scoring_setup(options)
+    record_settings(output_dir, describe_setup(setup, towers, download_dir))
+    return shard_numbers | "ScoreShards" >> ScoreShards(download_dir, output_dir, setup)
 
 
 def build_score(pipeline: beam.Pipeline, options: Crawl2ClipOptions) -> None:
-    download_dir = os.path.abspath(options.input[0])
+    download_dir = options.input[0]
+    download_dir = os.path.abspath(download_dir) if files.is_local(download_dir) else download_dir
     numbers = download_shards(download_dir)
     if not numbers:
         raise ValueError(f"{download_dir}: no finished download shard (NNNNN_stats.json)")

@@ -23,6 +23,7 @@ from crawl2clip.models.mclip import MClipSpec, load_mclip
 from crawl2clip.models.scene_captions import caption
 from crawl2clip.models.scenes import render_example
 from crawl2clip.pipelines.cli import main
+from crawl2clip.pipelines.resume import finished_work
 from crawl2clip.transforms.embeddings import list_parts, load_embeddings, read_metadata
 from crawl2clip.transforms.index.store import IndexStore
 from tests.score_fixtures import jpeg, write_download_shard
@@ -183,3 +184,11 @@ def test_queries_are_encoded_by_the_tower_of_their_language(index, scored, tmp_p
                             "--output", out]) == 0
         found[lang] = pq.read_table(out).column("uid").to_pylist()
     assert target["uid"] in found["de"] and found["de"][:3] == found["en"][:3]
+
+
+def test_the_part_keeps_what_the_run_counted_with_the_detector_step(scored):
+    """A rerun that skips this part reports these counters as the run did: the detector's included."""
+    with open(os.path.join(scored["output"], "metrics.json")) as f:
+        counted = json.load(f)["counters"]
+    assert counted["score_watermark:num_inferences"] == counted["score:pairs_scored"] > 0
+    assert finished_work("score", scored["output"]) == counted

@@ -6,11 +6,13 @@
 
 N is the number of the download shard the rows came from, so numbers may have gaps; parts are
 always taken in increasing N. A part exists only once its metadata file does: writers put the
-arrays in place first and the metadata last (each renamed into place), so readers never see a
-half-written part. autofaiss and clip-retrieval read this layout as it is.
+arrays in place first and the metadata last (each committed whole by transforms/files.py), so
+readers never see a half-written part. autofaiss and clip-retrieval read this layout as it is.
+
+DIR may be local or on any Beam filesystem (hdfs://, s3://, gs://): every path is made, listed
+and read through transforms/files.py.
 """
 
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,18 +42,16 @@ class Part:
 def part_paths(directory: str, number: int) -> Part:
     return Part(
         number=number,
-        img_emb=os.path.join(directory, IMG_EMB, f"img_emb_{number}.npy"),
-        text_emb=os.path.join(directory, TEXT_EMB, f"text_emb_{number}.npy"),
-        metadata=os.path.join(directory, METADATA, f"metadata_{number}.parquet"),
+        img_emb=files.join(directory, IMG_EMB, f"img_emb_{number}.npy"),
+        text_emb=files.join(directory, TEXT_EMB, f"text_emb_{number}.npy"),
+        metadata=files.join(directory, METADATA, f"metadata_{number}.parquet"),
     )
 
 
 def list_parts(directory: str) -> list[Part]:
-    """The finished parts of DIR, in increasing N."""
-    folder = os.path.join(directory, METADATA)
-    if not os.path.isdir(folder):
-        return []
-    numbers = sorted(int(m.group(1)) for name in os.listdir(folder) if (m := _METADATA_NAME.match(name)))
+    """The finished parts of DIR (those whose metadata file exists), in increasing N."""
+    found = (files.split(path)[1] for path in files.match(files.join(directory, METADATA, "metadata_*.parquet")))
+    numbers = sorted(int(m.group(1)) for name in found if (m := _METADATA_NAME.match(name)))
     return [part_paths(directory, n) for n in numbers]
 
 
@@ -69,8 +69,9 @@ def write_part(directory: str, number: int, img_emb: np.ndarray, text_emb: np.nd
 
 
 def load_embeddings(path: str) -> np.ndarray:
-    """A part's embeddings, memory-mapped (read-only): pages load as they are used."""
-    return np.load(path, mmap_mode="r")
+    """A part's embeddings, memory-mapped (read-only): pages load as they are used. A remote
+    file is mapped from this process's local copy of it (files.local_copy)."""
+    return np.load(files.local_copy(path), mmap_mode="r")
 
 
 def iter_image_embeddings(directory: str) -> Iterator[tuple[Part, np.ndarray]]:
@@ -78,9 +79,14 @@ def iter_image_embeddings(directory: str) -> Iterator[tuple[Part, np.ndarray]]:
         yield part, load_embeddings(part.img_emb)
 
 
+def read_part_metadata(part: Part, columns: list[str] | None = None) -> pa.Table:
+    with files.open_read(part.metadata) as f:
+        return pq.read_table(f, columns=columns)
+
+
 def read_metadata(directory: str, columns: list[str] | None = None) -> pa.Table:
     """All metadata rows of DIR, in embedding order."""
-    tables = [pq.read_table(part.metadata, columns=columns) for part in list_parts(directory)]
+    tables = [read_part_metadata(part, columns) for part in list_parts(directory)]
     if not tables:
         raise FileNotFoundError(f"{directory}: no {METADATA}/metadata_N.parquet (not a scoring output)")
     return pa.concat_tables(tables, promote_options="default")

@@ -20,12 +20,11 @@ from apache_beam.utils import shared
 
 from crawl2clip.models.clip import ClipModel, ClipSpec, load_clip
 from crawl2clip.models.mclip import MClipSpec, load_mclip
-from crawl2clip.transforms.errors import counter
 from crawl2clip.transforms.score.content import ContentModels, TagSource, load_content_models, tag_shard
+from crawl2clip.transforms.score.counts import CLIP_STEP, CONTENT_STEP, WATERMARK_STEP
 from crawl2clip.transforms.score.images import prefetched, prepare_image
 from crawl2clip.transforms.score.scoring import ScoredShard, ShardGroup, Towers, chunks, score_shards
 from crawl2clip.transforms.score.settings import TAG_COLUMNS, WATERMARK, BatchSizes
-from crawl2clip.transforms.score.shards import STAGE
 
 _handles: dict[object, shared.Shared] = {}
 _handles_lock = threading.Lock()
@@ -73,7 +72,7 @@ class ClipHandler(ModelHandler[ShardGroup, ScoredShard, Towers]):
         return sum(len(image) for shard in batch.shards for image in shard.images)
 
     def get_metrics_namespace(self) -> str:
-        return "score_clip"
+        return CLIP_STEP
 
 
 class WatermarkHandler(ModelHandler[ScoredShard, ScoredShard, object]):
@@ -104,15 +103,15 @@ class WatermarkHandler(ModelHandler[ScoredShard, ScoredShard, object]):
                 good = [i for i, p in zip(chunk, prepared) if p.pixels is not None]
                 if good:
                     values[good] = model.predict(torch.stack([p.pixels for p in prepared if p.pixels is not None]))
-        # These images decoded for CLIP a moment ago; should one not here, its pwatermark is null.
-        counter(STAGE, "watermark_undecodable").inc(int(np.isnan(values).sum()))
+        # These images decoded for CLIP a moment ago; should one not here, its pwatermark is null
+        # (counted when the shard is written: counts.py).
         return [replace(batch, tags={**batch.tags, TAG_COLUMNS[WATERMARK]: values}, images=[])]
 
     def get_num_bytes(self, batch: ScoredShard) -> int:
         return sum(len(image) for image in batch.images)
 
     def get_metrics_namespace(self) -> str:
-        return "score_watermark"
+        return WATERMARK_STEP
 
 
 class ContentHandler(ModelHandler[ScoredShard, ScoredShard, ContentModels]):
@@ -135,4 +134,4 @@ class ContentHandler(ModelHandler[ScoredShard, ScoredShard, ContentModels]):
         return batch.img_emb.nbytes
 
     def get_metrics_namespace(self) -> str:
-        return "score_content"
+        return CONTENT_STEP

@@ -19,11 +19,11 @@ import torch
 
 from crawl2clip.models.clip import ClipModel
 from crawl2clip.transforms.download.shards import KEY
-from crawl2clip.transforms.errors import count_error, counter, error_record
+from crawl2clip.transforms.errors import error_record
 from crawl2clip.transforms.schema import SPLIT, TEXT, URL
 from crawl2clip.transforms.score.preparation import ImageBatch, image_preparer, prepared_ahead
 from crawl2clip.transforms.score.settings import BatchSizes, route_of
-from crawl2clip.transforms.score.shards import STAGE, ScoredShard, ShardPairs
+from crawl2clip.transforms.score.shards import STAGE, UNDECODABLE, ScoredShard, ShardPairs
 
 
 class TextTower(Protocol):
@@ -175,13 +175,12 @@ def _scored_shard(pairs: ShardPairs, img_emb: np.ndarray, text_emb: np.ndarray, 
     if problems:
         urls = pairs.table[URL].to_pylist()
         keys = pairs.table[KEY].to_pylist()
-        errors += [count_error(error_record(STAGE, "undecodable_image", source=pairs.tar_path, offset=pairs.number,
-                                            url=urls[i] or "", detail=f"{keys[i]}: {problem}"))
+        errors += [error_record(STAGE, UNDECODABLE, source=pairs.tar_path, offset=pairs.number, url=urls[i] or "",
+                                detail=f"{keys[i]}: {problem}")
                    for i, problem in sorted(problems.items())]
     keep = np.ones(count, bool)
     keep[list(problems)] = False
     img_emb, text_emb = img_emb[keep], text_emb[keep]
-    counter(STAGE, "pairs_scored").inc(int(keep.sum()))
     return ScoredShard(
         number=pairs.number,
         tar_path=pairs.tar_path,

@@ -4,9 +4,15 @@ One image embedding space per run, as LAION-5B had: every image goes through one
 tower. Captions are routed by split: `en` through that CLIP's own text tower, every other
 caption (the `multi` and `nolang` splits) through a multilingual text tower trained into the
 same space (M-CLIP), each route with its own similarity threshold.
+
+A run's settings are recorded in its output folder (DIR/scoring.json, through transforms/files.py):
+a rerun into the same folder, to resume, must use the same ones.
 """
 
+import json
 from dataclasses import dataclass, field
+
+from crawl2clip.transforms import files
 
 SCORING_JSON = "scoring.json"  # the stage's models, tag sources and thresholds (its settings file)
 EN = "en"
@@ -24,6 +30,28 @@ AESTHETIC = "aesthetic"
 TAG_COLUMNS = {UNSAFE: "punsafe", WATERMARK: "pwatermark", AESTHETIC: "aesthetic"}
 TOXIC_COLUMN = "ptoxic"
 NOT_COMPUTED = "not computed"
+
+
+def settings_path(output_dir: str) -> str:
+    return files.join(output_dir, SCORING_JSON)
+
+
+def read_settings(output_dir: str) -> dict | None:
+    """The settings a scoring output was made with; None when there is none yet."""
+    path = settings_path(output_dir)
+    return files.read_marker(path) if files.exists(path) else None
+
+
+def record_settings(output_dir: str, settings: dict) -> None:
+    """Writes DIR/scoring.json; refuses settings other than those DIR was scored with, since its
+    parts would disagree."""
+    recorded = read_settings(output_dir)
+    if recorded is None:
+        files.makedirs(output_dir)
+        files.write_marker(settings_path(output_dir), settings)
+    elif recorded != json.loads(json.dumps(settings)):  # as JSON reads it back: lists, not tuples
+        raise ValueError(f"{output_dir} was scored with other settings ({settings_path(output_dir)}); "
+                         "use a new --output or the same options")
 
 
 def route_of(split: str | None) -> str:

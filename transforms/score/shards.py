@@ -4,6 +4,8 @@ a scored shard (no torch here: writing and resuming need it without the models).
 A shard `N` is finished when `NNNNN_stats.json` exists (transforms/download/shards.py); its
 parquet lists every input row with a `status`, and its tar holds `KEY.jpg`/`KEY.webp` for the
 successes. Only successes are scored; a success whose image is missing from the tar is an error.
+Both are read through the download layout's definitions, so the folder may be on any Beam
+filesystem.
 """
 
 import os
@@ -20,6 +22,10 @@ from crawl2clip.transforms.download.shards import KEY, STATUS, SUCCESS, TAR, fin
 from crawl2clip.transforms.errors import error_record
 
 STAGE = "score"
+# The stage's error reasons (`score:error_<reason>` counters)
+UNREADABLE_SHARD = "unreadable_shard"
+MISSING_IMAGE = "missing_image"
+UNDECODABLE = "undecodable_image"  # read from the tar, but not an image the decoders take
 IMAGE_EXTENSIONS = tuple(OUTPUT_FORMATS)  # what the downloader writes: jpg, webp
 
 
@@ -86,12 +92,12 @@ def read_shard(download_dir: str, number: int) -> ShardPairs:
         keys = table[KEY].to_pylist()
         found = _tar_images(tar_path, set(keys))
     except (OSError, tarfile.TarError, pa.ArrowException, KeyError) as exc:
-        record = error_record(STAGE, "unreadable_shard", source=tar_path, offset=number,
+        record = error_record(STAGE, UNREADABLE_SHARD, source=tar_path, offset=number,
                               detail=f"{type(exc).__name__}: {exc}")
         return ShardPairs(number, tar_path, pa.table({}), [], [record], read_failed=True)
     present = [key in found for key in keys]
     urls = table["URL"].to_pylist() if "URL" in table.column_names else [""] * len(keys)
-    errors = [error_record(STAGE, "missing_image", source=tar_path, offset=number, url=url or "",
+    errors = [error_record(STAGE, MISSING_IMAGE, source=tar_path, offset=number, url=url or "",
                            detail=f"{key}: a success in the parquet without an image in the tar")
               for key, url, ok in zip(keys, urls, present) if not ok]
     table = table.filter(pa.array(present, pa.bool_())) if errors else table

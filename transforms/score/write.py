@@ -1,9 +1,17 @@
-"""Writing one scored shard: its part in clip-retrieval's layout (kept pairs), its dropped pairs,
-its errors. The part is written last (transforms/embeddings.write_part puts the metadata file
-last), so a shard counts as done exactly when `metadata/metadata_N.parquet` exists: a rerun into
-the same folder skips it."""
+"""Writing one scored shard, and the score stage's layout beside the embeddings parts:
 
-import os
+    DIR/metadata/, img_emb/, text_emb/   the kept pairs: part N (transforms/embeddings.py)
+    DIR/dropped/dropped_N.parquet        the pairs set aside, with their drop_reason
+    DIR/errors/errors_N.parquet          the shard's error rows (none: no file)
+    DIR/counters/counters_N.json         what the run counted for the shard (counts.py)
+    DIR/scoring.json                     the run's settings (settings.py)
+
+N is the download shard's number. The part's metadata file is committed last (after errors,
+dropped, counters and the arrays), so a shard counts as scored exactly when
+`metadata/metadata_N.parquet` exists: a rerun into the same folder skips it, and what it reads
+back of it (its counters) is whole. Every path goes through transforms/files.py, so DIR may be
+on any Beam filesystem.
+"""
 
 import numpy as np
 import pyarrow as pa
@@ -12,13 +20,13 @@ import pyarrow.parquet as pq
 from crawl2clip.transforms import files
 from crawl2clip.transforms.download.shards import KEY, ORIGINAL_HEIGHT, ORIGINAL_WIDTH, OUTPUT_COLUMNS, SHA256
 from crawl2clip.transforms.embeddings import part_paths, write_part
-from crawl2clip.transforms.errors import counter
 from crawl2clip.transforms.extract.rules import pair_uid
 from crawl2clip.transforms.schema import ERROR_SCHEMA, LANGUAGE, SPLIT, TEXT, UID, URL
+from crawl2clip.transforms.score.counts import part_counters, unreadable_counters
 from crawl2clip.transforms.score.settings import AESTHETIC, TAG_COLUMNS, TOXIC_COLUMN, UNSAFE, WATERMARK
-from crawl2clip.transforms.score.shards import STAGE, ScoredShard
+from crawl2clip.transforms.score.shards import ScoredShard
 
-SHARD = "shard"  # absolute path of the download tar holding the image
+SHARD = "shard"  # the download tar holding the image (a local one by its absolute path)
 WIDTH = "WIDTH"  # LAION's: the original image's size
 HEIGHT = "HEIGHT"
 SIMILARITY = "similarity"
@@ -26,6 +34,7 @@ HASH = "hash"
 DROP_REASON = "drop_reason"
 DROPPED = "dropped"
 ERRORS_DIR = "errors"
+COUNTERS_DIR = "counters"
 
 # The LAION columns and ours, first and in this order; the input's other columns follow.
 METADATA_FIELDS = (
@@ -89,32 +98,48 @@ def _write_table(table: pa.Table, path: str) -> None:
 
 
 def dropped_path(output_dir: str, number: int) -> str:
-    return os.path.join(output_dir, DROPPED, f"{DROPPED}_{number}.parquet")
+    return files.join(output_dir, DROPPED, f"{DROPPED}_{number}.parquet")
 
 
 def errors_path(output_dir: str, number: int) -> str:
-    return os.path.join(output_dir, ERRORS_DIR, f"errors_{number}.parquet")
+    return files.join(output_dir, ERRORS_DIR, f"errors_{number}.parquet")
+
+
+def counters_path(output_dir: str, number: int) -> str:
+    return files.join(output_dir, COUNTERS_DIR, f"counters_{number}.json")
 
 
 def is_scored(output_dir: str, number: int) -> bool:
-    return os.path.exists(part_paths(output_dir, number).metadata)
+    return files.exists(part_paths(output_dir, number).metadata)
 
 
-def write_scored_shard(output_dir: str, shard: ScoredShard) -> dict[str, int]:
-    """Writes errors, dropped pairs, then the part; returns the kept and dropped counts."""
+def read_counters(output_dir: str, number: int) -> dict[str, int]:
+    """The counters kept with scored part `number`."""
+    path = counters_path(output_dir, number)
+    if not files.exists(path):
+        raise ValueError(f"{output_dir}: part {number} has no {COUNTERS_DIR}/counters_{number}.json (scored by an "
+                         "earlier version, which did not keep them): score into a new --output")
+    return files.read_marker(path)
+
+
+def write_scored_shard(output_dir: str, shard: ScoredShard, watermark_model: bool = False) -> dict[str, int]:
+    """Writes the shard's errors, dropped pairs, counters, then its part (metadata last); returns
+    its counters (`watermark_model`: it went through the watermark detector). A shard that could
+    not be read gets its errors only: no part, so a later run tries it again."""
+    errors = errors_path(output_dir, shard.number)
     if shard.errors:
-        _write_table(pa.Table.from_pylist(shard.errors, schema=ERROR_SCHEMA),
-                                errors_path(output_dir, shard.number))
+        _write_table(pa.Table.from_pylist(shard.errors, schema=ERROR_SCHEMA), errors)
+    else:
+        files.delete(errors)  # an earlier attempt's, which is no longer true
     if shard.read_failed:
-        return {"kept": 0, "dropped": 0}
+        return unreadable_counters(shard)
     metadata = metadata_table(shard)
     reasons = shard.drop_reasons if shard.drop_reasons is not None else [None] * len(shard)
     kept = np.array([reason is None for reason in reasons], bool)
     dropped = metadata.filter(pa.array(~kept)).append_column(
         DROP_REASON, pa.array([r for r in reasons if r is not None], pa.string()))
     _write_table(dropped, dropped_path(output_dir, shard.number))
+    counts = part_counters(shard, reasons, watermark_model)
+    files.write_marker(counters_path(output_dir, shard.number), counts)
     write_part(output_dir, shard.number, shard.img_emb[kept], shard.text_emb[kept], metadata.filter(pa.array(kept)))
-    for reason in set(reasons) - {None}:
-        counter(STAGE, f"dropped_{reason}").inc(reasons.count(reason))
-    counter(STAGE, "kept").inc(int(kept.sum()))
-    return {"kept": int(kept.sum()), "dropped": int((~kept).sum())}
+    return counts
