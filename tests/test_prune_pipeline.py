@@ -2,10 +2,8 @@
 tight and diffuse concept clusters, and near-duplicate pairs; Beam (DirectRunner) against the
 single-machine path; the pruned layout and webdataset shards read back with their own readers."""
 
-import io
 import json
 import os
-import tarfile
 
 import numpy as np
 import pyarrow as pa
@@ -14,72 +12,17 @@ import pytest
 import webdataset
 
 from crawl2clip.pipelines.cli import main
-from crawl2clip.pipelines.prune import prune_single_machine
-from crawl2clip.transforms.embeddings import list_parts, load_embeddings, read_metadata, write_part
+from crawl2clip.transforms.embeddings import list_parts, load_embeddings, read_metadata
 from crawl2clip.transforms.prune.settings import PruneSettings
-
-DIM = 64
-PER_CLUSTER = 150
-SPREADS = (0.1, 0.3, 0.1, 0.3, 0.1, 0.3, 0.1, 0.3)  # tight and diffuse concepts
-PAIRS = 20
-PART_ROWS = 300
-SETTINGS = PruneSettings(keep_fraction=0.4, clusters=len(SPREADS), dedup_cluster_size=200, seed=11)
-ARGS = ["--keep-fraction", "0.4", "--prune-clusters", str(len(SPREADS)), "--dedup-cluster-size", "200",
-        "--prune-seed", "11"]
-
-
-def _tar_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+from crawl2clip.transforms.prune.single_machine import prune_single_machine
+from tests.prune_fixtures import ARGS, PAIRS, SETTINGS, SPREADS, write_dataset
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A scoring output (parts 0, 2, 4, ... with gaps) and the download shards it points at."""
     root = tmp_path_factory.mktemp("prune")
-    score, download = str(root / "score"), str(root / "download")
-    os.makedirs(download)
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((len(SPREADS), DIM))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    vectors = np.concatenate([centres[j] + s * rng.standard_normal((PER_CLUSTER, DIM)) for j, s in enumerate(SPREADS)])
-    labels = np.repeat(np.arange(len(SPREADS)), PER_CLUSTER)
-    sources = rng.choice(len(vectors), PAIRS, replace=False)
-    vectors = np.concatenate([vectors, vectors[sources] + 0.01 * rng.standard_normal((PAIRS, DIM))])
-    labels = np.concatenate([labels, labels[sources]])
-    pair_rows = [(int(s), len(vectors) - PAIRS + i) for i, s in enumerate(sources)]
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    order = rng.permutation(len(vectors))
-    position = np.argsort(order)
-    vectors, labels = vectors[order], labels[order]
-    uids = [f"{i:032x}" for i in range(len(vectors))]
-    pairs = [(uids[position[a]], uids[position[b]]) for a, b in pair_rows]
-    vectors[5] = 0.0  # an embedding with no direction: an error, never a point
-    keys = []
-    for p, start in enumerate(range(0, len(vectors), PART_ROWS)):
-        rows = slice(start, start + PART_ROWS)
-        n = len(vectors[rows])
-        part_keys = [f"{p:05d}{i:04d}" for i in range(n)]
-        keys += part_keys
-        shard = os.path.join(download, f"{p:05d}.tar")
-        with open(shard, "wb") as f:
-            f.write(_tar_bytes({name: data for k in part_keys for name, data in
-                                ((f"{k}.jpg", rng.bytes(64)), (f"{k}.txt", k.encode()), (f"{k}.json", b"{}"))}))
-        pq.write_table(pa.table({"key": part_keys, "status": ["success"] * n}),
-                       os.path.join(download, f"{p:05d}.parquet"))
-        meta = pa.table({"uid": uids[rows], "key": part_keys, "shard": [shard] * n,
-                         "hash": pa.array(np.arange(start, start + n), pa.int64()), "label": labels[rows]})
-        write_part(score, 2 * p, vectors[rows], vectors[rows], meta)
-    # a part whose embeddings and metadata disagree: left out, reported
-    write_part(score, 99, vectors[:3], vectors[:3], pa.table({"uid": ["x", "y", "z"]}))
-    np.save(os.path.join(score, "img_emb", "img_emb_99.npy"), vectors[:4].astype(np.float16))
-    return {"score": score, "download": download, "pairs": pairs, "uids": uids, "labels": labels,
-            "keys": keys, "bad_uid": uids[5]}
+    return write_dataset(str(root / "score"), str(root / "download"))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""What a prune run writes into its output folder.
+"""What a prune run writes into its output folder, local or on any Beam filesystem (every file
+goes through transforms/files.py, committed whole).
 
     kept.parquet                   the kept rows: uid, hash, key (those the metadata has), part (N),
                                    row (in the part), cluster (DBP), distance (cosine, to its centroid);
@@ -10,36 +11,66 @@
                                    quota, kept, keep_rate
     complexity_vs_keep_rate.png    one dot per cluster
     prune.json                     the settings, the cluster counts used, and the totals
+    errors/errors-*.parquet        rows and parts that could not be used (transforms/errors.py)
+
+These names are defined here only: readers (prune-apply, remove, the report, compare) take them
+from here.
 """
 
 import io
 import json
-import os
+from collections.abc import Iterable
 from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from crawl2clip.transforms import files
 from crawl2clip.transforms.prune.settings import PruneSettings
-from crawl2clip.transforms.prune.steps import ClusterTable
+from crawl2clip.transforms.prune.steps import Arrays, ClusterTable
+from crawl2clip.transforms.tables import column_names, read_table, write_table
 from crawl2clip.transforms.prune.vectors import Plan
-from crawl2clip.transforms.schema import UID
+from crawl2clip.transforms.schema import ERROR_SCHEMA, UID
 
 KEPT = "kept.parquet"
 DUPLICATES = "duplicates.parquet"
 CLUSTERS = "clusters.parquet"
 PLOT = "complexity_vs_keep_rate.png"
 SUMMARY = "prune.json"
+ERRORS_FOLDER = "errors"  # where WriteErrors (transforms/errors.py) writes a Beam run's error parts
+ERRORS_FILE = "errors-00000-of-00001.parquet"  # the one part of a run outside Beam, named as Beam names it
 ID_COLUMNS = (UID, "hash", "key")
+OUTPUT_FILES = (KEPT, DUPLICATES, CLUSTERS, PLOT, SUMMARY)  # beside errors/
+
+_KEPT_SCHEMA = pa.schema([("part", pa.int64()), ("row", pa.int64()), ("uid", pa.string()), ("hash", pa.int64()),
+                          ("key", pa.string()), ("cluster", pa.int32()), ("distance", pa.float32())])
+_DUPLICATES_SCHEMA = pa.schema([*list(_KEPT_SCHEMA)[:5], ("duplicate_of_uid", pa.string()),
+                                ("duplicate_of_part", pa.int64()), ("duplicate_of_row", pa.int64()),
+                                ("similarity", pa.float32())])
 
 
-def _write_table(path: str, table: pa.Table) -> None:
-    with FileSystems.create(path) as out:
-        pq.write_table(table, out)
+def output_path(output_dir: str, name: str) -> str:
+    """One of the files above (`KEPT`, `SUMMARY`, ...) in a prune's output folder."""
+    return files.join(output_dir, name)
+
+
+def error_files(output_dir: str) -> list[str]:
+    """The error parts of a prune's output (a Beam run writes several, a run outside Beam one)."""
+    return files.match(files.join(output_dir, ERRORS_FOLDER, "*.parquet"))
+
+
+def read_summary(output_dir: str) -> dict:
+    return files.read_marker(output_path(output_dir, SUMMARY))
+
+
+def _joined(arrays: Iterable[Arrays]) -> Arrays:
+    """Triples of arrays (indices, and two columns) joined column by column."""
+    arrays = list(arrays)
+    if not arrays:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    return tuple(np.concatenate([a[i] for a in arrays]) for i in range(3))
 
 
 def row_ids(plan: Plan, indices: np.ndarray) -> pa.Table:
@@ -49,9 +80,9 @@ def row_ids(plan: Plan, indices: np.ndarray) -> pa.Table:
     tables = []
     for position in np.unique(where):
         part = plan.parts[position]
-        names = pq.read_schema(part.metadata).names
+        names = column_names(part.metadata)
         chosen = rows[where == position]
-        meta = pq.read_table(part.metadata, columns=[c for c in ID_COLUMNS if c in names]).take(chosen)
+        meta = read_table(part.metadata, columns=[c for c in ID_COLUMNS if c in names]).take(chosen)
         columns = {"part": pa.array(np.full(len(chosen), part.number), pa.int64()),
                    "row": pa.array(chosen, pa.int64())}
         for name in ID_COLUMNS:
@@ -63,18 +94,20 @@ def row_ids(plan: Plan, indices: np.ndarray) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
 
 
-def write_kept(output_dir: str, plan: Plan, kept: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int:
-    indices, clusters, distances = kept
+def write_kept(output_dir: str, plan: Plan, kept: Iterable[Arrays]) -> int:
+    """kept: (indices, cluster, distance) arrays, one triple per cluster, in any order."""
+    indices, clusters, distances = _joined(kept)
     order = np.argsort(indices)
     ids = row_ids(plan, indices[order])
     table = ids.append_column("cluster", pa.array(clusters[order], pa.int32())) \
                .append_column("distance", pa.array(distances[order], pa.float32()))
-    _write_table(os.path.join(output_dir, KEPT), table)
+    write_table(output_path(output_dir, KEPT), table)
     return table.num_rows
 
 
-def write_duplicates(output_dir: str, plan: Plan, duplicates: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int:
-    removed, originals, similarity = duplicates
+def write_duplicates(output_dir: str, plan: Plan, duplicates: Iterable[Arrays]) -> int:
+    """duplicates: (removed, the kept row each duplicates, similarity) arrays, in any order."""
+    removed, originals, similarity = _joined(duplicates)
     order = np.argsort(removed)
     removed, originals, similarity = removed[order], originals[order], similarity[order]
     table = row_ids(plan, removed)
@@ -84,7 +117,7 @@ def write_duplicates(output_dir: str, plan: Plan, duplicates: tuple[np.ndarray, 
         if name in (UID, "part", "row"):
             table = table.append_column(f"duplicate_of_{name}", of[name])
     table = table.append_column("similarity", pa.array(similarity, pa.float32()))
-    _write_table(os.path.join(output_dir, DUPLICATES), table)
+    write_table(output_path(output_dir, DUPLICATES), table)
     return table.num_rows
 
 
@@ -110,11 +143,15 @@ def complexity_plot(table: ClusterTable, settings: PruneSettings) -> bytes:
     return buffer.getvalue()
 
 
+def _write_summary(output_dir: str, summary: dict) -> None:
+    files.write_atomic(output_path(output_dir, SUMMARY), json.dumps(summary, indent=2).encode())
+
+
 def write_clusters(output_dir: str, table: ClusterTable, settings: PruneSettings, dedup_clusters: int) -> None:
-    _write_table(os.path.join(output_dir, CLUSTERS), table.to_arrow())
-    with FileSystems.create(os.path.join(output_dir, PLOT)) as out:
-        out.write(complexity_plot(table, settings))
-    summary = {
+    """clusters.parquet, the plot and prune.json (the totals)."""
+    write_table(output_path(output_dir, CLUSTERS), table.to_arrow())
+    files.write_atomic(output_path(output_dir, PLOT), complexity_plot(table, settings))
+    _write_summary(output_dir, {
         "settings": asdict(settings),
         "dedup_clusters": min(dedup_clusters, table.valid_rows),  # k-means fits at most one per row
         "clusters": len(table.size),
@@ -123,6 +160,25 @@ def write_clusters(output_dir: str, table: ClusterTable, settings: PruneSettings
         "after_dedup": int(table.size.sum()),
         "target": table.target,
         "kept": int(table.quota.sum()),
-    }
-    with FileSystems.create(os.path.join(output_dir, SUMMARY)) as out:
-        out.write(json.dumps(summary, indent=2).encode())
+    })
+
+
+def write_errors(output_dir: str, errors: list[dict]) -> None:
+    """The error records of a run outside Beam, as the one part a Beam run would write."""
+    write_table(files.join(output_dir, ERRORS_FOLDER, ERRORS_FILE), pa.Table.from_pylist(errors, schema=ERROR_SCHEMA))
+
+
+def write_nothing_to_prune(output_dir: str, settings: PruneSettings, errors: list[dict]) -> dict:
+    """The outputs of a prune over no usable row (every pair dropped before, or none downloaded):
+    empty tables and a summary that says so; returns the totals, all zero."""
+    write_table(output_path(output_dir, KEPT), _KEPT_SCHEMA.empty_table())
+    write_table(output_path(output_dir, DUPLICATES), _DUPLICATES_SCHEMA.empty_table())
+    empty = np.zeros(0)
+    table = ClusterTable(empty.astype(np.int64), empty, empty, empty, empty, empty.astype(np.int64), 0, 0)
+    write_table(output_path(output_dir, CLUSTERS), table.to_arrow())
+    _write_summary(output_dir, {
+        "settings": asdict(settings), "dedup_clusters": 0, "clusters": 0, "valid_rows": 0,
+        "duplicates_removed": 0, "after_dedup": 0, "target": 0, "kept": 0,
+        "note": "no usable row to prune: the scoring output holds no pair with a usable embedding"})
+    write_errors(output_dir, errors)
+    return {"valid_rows": 0, "after_dedup": 0, "kept": 0, "errors": len(errors)}

@@ -4,19 +4,21 @@
                  ─► group by cluster ─► deduplicate          ─► survivors (+ duplicates)
     survivors ─► DensityBasedPrune: sample ─► fit k-means ─► assign by block ─► stats (combiner)
                  ─► cluster table (one worker: complexity, quotas) ─► group by cluster ─► select ─► kept
+    Prune: the two, then kept, duplicates, clusters (+ plot, summary) and errors written (`outputs.py`)
 
 Elements are numpy arrays of global row indices, never vectors: every step reads the vectors it
-needs from the memory-mapped parts (`vectors.py`), so workers must see the input folder
-(a local or shared file system). Each step calls the same function as the single-machine path
-(`steps.py`), on the same blocks and clusters, so both give the same rows.
+needs from the memory-mapped parts (`vectors.py`; a worker copies a remote part to its local disk
+once). Each step calls the same function as the single-machine path (`steps.py`), on the same
+blocks and clusters, so both give the same rows.
 """
 
 import apache_beam as beam
 import numpy as np
 
-from crawl2clip.transforms.errors import ERRORS
+from crawl2clip.transforms.errors import ERRORS, WriteErrors, count_error
 from crawl2clip.transforms.prune.complexity import ClusterStats
 from crawl2clip.transforms.prune.kmeans import SmallestPriorities, sample_size
+from crawl2clip.transforms.prune.outputs import write_clusters, write_duplicates, write_kept
 from crawl2clip.transforms.prune.settings import PruneSettings
 from crawl2clip.transforms.prune.steps import (
     assign_block,
@@ -168,3 +170,28 @@ class DensityBasedPrune(beam.PTransform):
                                    beam.pvalue.AsSingleton(table))
         )
         return {"kept": kept, "table": table}
+
+
+class Prune(beam.PTransform):
+    """The prune of a planned scoring output, from the pipeline's start to its files in
+    `output_dir`: SemDeDup, then DBP, then the outputs written, each by one worker (they hold
+    row numbers only)."""
+
+    def __init__(self, plan: Plan, settings: PruneSettings, output_dir: str):
+        super().__init__()
+        self.plan, self.settings, self.output_dir = plan, settings, output_dir
+
+    def expand(self, pipeline_start):
+        plan, settings, out = self.plan, self.settings, self.output_dir
+        k_dedup = dedup_clusters(plan, settings)
+        blocks = pipeline_start | "Blocks" >> beam.Create(plan.blocks(settings.block_rows))
+        deduped = blocks | "SemDeDup" >> SemDeDup(plan, settings)
+        pruned = deduped | "DensityBasedPrune" >> DensityBasedPrune(plan, settings)
+        (pruned["kept"] | "AllKept" >> beam.combiners.ToList()
+         | "WriteKept" >> beam.Map(lambda kept: write_kept(out, plan, kept)))
+        (deduped["duplicates"] | "AllDuplicates" >> beam.combiners.ToList()
+         | "WriteDuplicates" >> beam.Map(lambda found: write_duplicates(out, plan, found)))
+        pruned["table"] | "WriteClusters" >> beam.Map(lambda table: write_clusters(out, table, settings, k_dedup))
+        part_errors = (pipeline_start | "PartErrors" >> beam.Create(list(plan.errors))
+                       | "CountPartErrors" >> beam.Map(count_error))
+        return (deduped["errors"], part_errors) | "AllErrors" >> beam.Flatten() | "WriteErrors" >> WriteErrors(out)

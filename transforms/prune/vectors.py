@@ -5,15 +5,17 @@ plus its row. Pruning works on these indices only, and reads vectors when it nee
 of consecutive rows, or the rows of one cluster gathered part by part. A memory map is opened for
 each read and dropped after it, so resident memory stays at what one read holds, whatever the
 size of the dataset. Vectors come back as float32, normalised again (the layout stores float16).
+A part on a remote filesystem (hdfs://, s3://) is read from a local copy made once per process
+(`load_embeddings`, through files.local_copy).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from crawl2clip.transforms.embeddings import list_parts, load_embeddings
 from crawl2clip.transforms.errors import error_record
+from crawl2clip.transforms.tables import row_count
 
 STAGE = "prune"
 MIN_NORM = 1e-6  # an embedding shorter than this has no direction: it is an error, not a point
@@ -66,7 +68,7 @@ def plan_parts(directory: str) -> Plan:
     for part in list_parts(directory):
         try:
             shape = load_embeddings(part.img_emb).shape
-            meta_rows = pq.ParquetFile(part.metadata).metadata.num_rows
+            meta_rows = row_count(part.metadata)
         except (OSError, ValueError) as exc:
             errors.append(error_record(STAGE, "unreadable_part", source=part.img_emb, detail=str(exc)))
             continue
