@@ -46,6 +46,7 @@ from crawl2clip.explorer.query import (
     vector_query,
 )
 from crawl2clip.explorer.subset import filtered_rows, neighbour_rows
+from crawl2clip.pipelines.filesystem_flags import add_filesystem_flags, use_filesystems
 from crawl2clip.transforms.index.store import IndexStore
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -255,9 +256,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     parser.add_argument("--port", type=int, default=8765, help="(default: %(default)s)")
     parser.add_argument("--device", default="auto", help="device of the query encoder (default: %(default)s)")
+    add_filesystem_flags(parser)
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
+    if problem := use_filesystems(args, {"INDEX_DIR": args.index}):
+        parser.error(problem)
     try:
         store = IndexStore(args.index)
         encoder = QueryEncoder(store, args.device)

@@ -9,6 +9,9 @@ A query or a filter is required; exporting every row takes an explicit --all.
 
 Rows keep every metadata column of the index; query subsets add `query` and `query_similarity`.
 A row found by several queries appears once, for the query it is most similar to.
+
+INDEX_DIR and the output may be on any Beam filesystem (with the stage commands' `--hdfs_*` or
+`--s3_*` flags): the index is opened from local copies, the parquet committed whole.
 """
 
 import argparse
@@ -21,6 +24,8 @@ import pyarrow.parquet as pq
 
 from crawl2clip.explorer.filters import allowed_rows, parse_filters
 from crawl2clip.explorer.query import QueryEncoder, QueryError, nearest
+from crawl2clip.pipelines.filesystem_flags import add_filesystem_flags, use_filesystems
+from crawl2clip.transforms import files
 from crawl2clip.transforms.index.store import IndexStore
 
 QUERY = "query"
@@ -49,21 +54,14 @@ def neighbour_rows(store: IndexStore, vectors: np.ndarray, queries: list[str], k
 
 
 def write_subset(table: pa.Table, path: str) -> None:
-    """Writes the parquet file whole or not at all (a temporary file renamed into place, removed
-    when anything fails)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        pq.write_table(table, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    """Writes the parquet file whole or not at all (files.write_atomic)."""
+    files.write_atomic(path, lambda f: pq.write_table(table, f))
 
 
 def output_problem(path: str) -> str | None:
-    """Why --output cannot take the subset file (None when it can)."""
+    """Why a local --output cannot take the subset file (None when it can)."""
+    if not files.is_local(path):
+        return None
     if os.path.isdir(path):
         return f"--output {path}: a folder is there; give a file name (e.g. {os.path.join(path, 'subset.parquet')})"
     directory = os.path.dirname(os.path.abspath(path))
@@ -92,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--all", action="store_true",
                         help="with no query and no filter: export every row (up to --limit)")
     parser.add_argument("--output", required=True, metavar="FILE.parquet")
+    add_filesystem_flags(parser)
     return parser
 
 
@@ -100,7 +99,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not (args.query or args.query_file or args.query_image or args.filter or args.all):
         parser.error("give --query, --query-file, --query-image or --filter (or --all for every row)")
-    if problem := output_problem(args.output):
+    if problem := output_problem(args.output) or use_filesystems(
+            args, {"--index": args.index, "--output": args.output, "--query-file": args.query_file}):
         parser.error(problem)
     try:
         store = IndexStore(args.index)
@@ -113,14 +113,13 @@ def main(argv: list[str]) -> int:
         allowed = allowed_rows(store.metadata, parse_filters(args.filter, store.metadata.schema))
         texts = list(args.query)
         if args.query_file:
-            with open(args.query_file, encoding="utf-8") as f:
-                texts += [line.strip() for line in f if line.strip()]
+            lines = files.read_bytes(args.query_file).decode("utf-8").splitlines()
+            texts += [line.strip() for line in lines if line.strip()]
         if texts or args.query_image:
             encoder = QueryEncoder(store, args.device)
             vectors = [encoder.texts(texts, args.lang)] if texts else []
             for path in args.query_image:
-                with open(path, "rb") as f:
-                    vectors.append(encoder.image(f.read())[None, :])
+                vectors.append(encoder.image(files.read_bytes(path))[None, :])
             table = neighbour_rows(store, np.concatenate(vectors), texts + args.query_image, args.k,
                                    allowed, not args.no_dedup, args.search)
         else:

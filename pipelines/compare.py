@@ -15,7 +15,9 @@ OUT/
     comparison.{json,parquet,html}, comparison-plots/*.png, errors/errors.parquet
 
 Every step of every variant is skipped when its output exists, so a rerun resumes; a variant whose
-training did not finish is trained again from the start.
+training did not finish is trained again from the start. Files are committed whole through
+transforms/files.py; RUN and OUT are local folders all the same: open_clip_train reads its
+shards from local paths and writes its logs and checkpoints beside them.
 """
 
 import argparse
@@ -45,6 +47,7 @@ from crawl2clip.transforms.compare.pairs import STAGE, read_downloaded, split_he
 from crawl2clip.transforms.compare.shards import ROWS, TRAIN_SHARD, brace_pattern, write_shards
 from crawl2clip.transforms.compare.train import TrainSettings, checkpoint_path, precision, read_training, train
 from crawl2clip.transforms.compare.variants import Variant, parse_variants
+from crawl2clip.transforms import files
 from crawl2clip.transforms.download.shards import finished_shards
 from crawl2clip.transforms.prune.settings import PruneSettings
 from crawl2clip.transforms.schema import ERROR_SCHEMA, UID
@@ -206,8 +209,8 @@ def _say(text: str) -> None:
 
 
 def _write_errors(path: str, records: list[dict]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(records, schema=ERROR_SCHEMA), path)
+    table = pa.Table.from_pylist(records, schema=ERROR_SCHEMA)
+    files.write_atomic(path, lambda f: pq.write_table(table, f))
 
 
 def _read_json(path: str) -> dict:
@@ -216,11 +219,7 @@ def _read_json(path: str) -> dict:
 
 
 def _write_json(path: str, value: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(temporary, path)
+    files.write_atomic(path, json.dumps(value, indent=2).encode())
 
 
 def _held_out(p: Plan) -> tuple[pa.Table, dict]:
@@ -263,7 +262,7 @@ def _selection(p: Plan, variant: Variant) -> tuple[set[str] | None, dict, list[d
 def _prune(p: Plan, variant: Variant, score_dir: str) -> dict:
     """Prunes the run's scoring output at the variant's keep fraction (the run's other prune
     settings when it has a prune) into OUT/prune/VARIANT/, once."""
-    from crawl2clip.pipelines.prune import prune_single_machine
+    from crawl2clip.transforms.prune.single_machine import prune_single_machine
 
     prune_dir = os.path.join(p.output, "prune", variant.slug)
     run_prune = _run_prune(p.run_dir)
@@ -404,11 +403,10 @@ def _gather_errors(p: Plan, extra: list[dict]) -> dict[str, int]:
 
 def write_comparison(output: str, summary: dict, rows: list[dict]) -> None:
     """comparison.json (settings, held-out set, notes, errors and the rows) and comparison.parquet
-    (the rows); both written to a temporary name, then renamed."""
+    (the rows), each committed whole."""
     _write_json(os.path.join(output, f"{COMPARISON}.json"), {**summary, "variants": rows})
-    temporary = os.path.join(output, f"{COMPARISON}.parquet.tmp")
-    pq.write_table(pa.Table.from_pylist(rows), temporary)
-    os.replace(temporary, os.path.join(output, f"{COMPARISON}.parquet"))
+    table = pa.Table.from_pylist(rows)
+    files.write_atomic(os.path.join(output, f"{COMPARISON}.parquet"), lambda f: pq.write_table(table, f))
 
 
 def run_comparison(p: Plan) -> int:

@@ -1,11 +1,10 @@
-"""The index job: SCORE_DIR (clip-retrieval embeddings) -> INDEX_DIR for `crawl2clip serve`."""
-
-import json
-import os
+"""The index job: SCORE_DIR (clip-retrieval embeddings) -> INDEX_DIR for `crawl2clip serve`,
+each on any Beam filesystem."""
 
 import apache_beam as beam
 
 from crawl2clip.pipelines.options import Crawl2ClipOptions
+from crawl2clip.transforms import files
 from crawl2clip.transforms.errors import WriteErrors
 from crawl2clip.transforms.index.choice import parse_memory
 from crawl2clip.transforms.index.transform import BuildIndex, prepare_index
@@ -18,11 +17,10 @@ def clip_from_scoring(score_dir: str) -> dict | None:
     """The CLIP that encoded SCORE_DIR's embeddings, as named in its scoring.json: its
     `image_tower` with the `text_towers` of each route (queries are encoded by their language's),
     or in older files the first {"model": ..., "pretrained": ...} found, preferring the English split's."""
-    path = os.path.join(score_dir, SCORING_JSON)
-    if not os.path.isfile(path):
+    path = files.join(score_dir, SCORING_JSON)
+    if not files.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        scoring = json.load(f)
+    scoring = files.read_marker(path)
     if isinstance(scoring.get("image_tower"), dict):
         return {**{k: v for k, v in scoring["image_tower"].items() if k in _CLIP_FIELDS},
                 "text_towers": scoring.get("text_towers", {})}
@@ -48,12 +46,12 @@ def _find_specs(node, path: tuple[str, ...], found: list) -> None:
 def query_clip(options: Crawl2ClipOptions) -> dict | None:
     if options.query_model:
         return {"model": options.query_model, "pretrained": options.query_pretrained}
-    return clip_from_scoring(options.embeddings)
+    return clip_from_scoring(options.index_source())
 
 
 def build_index(pipeline: beam.Pipeline, options: Crawl2ClipOptions) -> None:
     modalities = ["image", "text"] if options.index_text else ["image"]
-    plan = prepare_index(options.embeddings, options.output_dir, modalities, parse_memory(options.max_memory),
+    plan = prepare_index(options.index_source(), options.output_dir, modalities, parse_memory(options.max_memory),
                          options.index_shards, options.target_recall, not options.no_thumbnails,
                          query_clip(options), options.exact_max_rows)
     built = pipeline | "BuildIndex" >> BuildIndex(plan)

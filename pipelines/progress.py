@@ -1,15 +1,15 @@
 """A progress line while a job runs on this machine: files, pairs, images/s, ETA where knowable.
 
-It watches what the stages leave on disk — the workers' running totals in `_progress/`
-(transforms/progress.py), the download's finished shards (their stats files, through the
-download layout, on any filesystem) and the scoring stage's finished parts — so it needs nothing from the runner and works for DirectRunner in
-both modes and for local clusters. On a terminal the line is redrawn in place; otherwise (logs,
-CI) a plain line is printed every `log_every` seconds.
+It watches what the stages leave in their folders, through their layouts' definitions and
+transforms/files.py (so on any Beam filesystem) — the workers' running totals in `_progress/`
+(transforms/progress.py), the download's finished shards (their stats files) and the scoring
+stage's finished parts (transforms/embeddings.py) — so it needs nothing from the runner and works
+for DirectRunner in both modes and for clusters. On a terminal the line is redrawn in place;
+otherwise (logs, CI) a plain line is printed every `log_every` seconds. What cannot be read now is
+left out of that redraw: the line never stops the job's command.
 """
 
-import glob
 import math
-import os
 import sys
 import threading
 import time
@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from crawl2clip.transforms import files
 from crawl2clip.transforms.download.shards import STATS, finished_files
+from crawl2clip.transforms.embeddings import list_parts
 from crawl2clip.transforms.progress import read_progress
 
 
@@ -76,11 +77,14 @@ def describe(stage_dirs: dict[str, str], progress_dir: str, elapsed: float, shar
              total_files: int | None = None, shard_size: int | None = None) -> str:
     """One line: what each stage has done so far."""
     parts = []
-    counts = read_progress(progress_dir)
+    try:
+        counts = read_progress(progress_dir)
+    except Exception:  # a filesystem's hiccup: read again on the next redraw
+        counts = {}
     extract = counts.get("extract")
     if extract:
-        files = f"{extract['files']:,}" + (f"/{total_files:,}" if total_files else "")
-        parts.append(f"extract: {files} files, {extract['candidates']:,} pairs"
+        read = f"{extract['files']:,}" + (f"/{total_files:,}" if total_files else "")
+        parts.append(f"extract: {read} files, {extract['candidates']:,} pairs"
                      + _eta(extract["files"], total_files, elapsed))
     if "download" in stage_dirs:
         shards, images = shard_totals.update(stage_dirs["download"])
@@ -89,7 +93,10 @@ def describe(stage_dirs: dict[str, str], progress_dir: str, elapsed: float, shar
             parts.append(f"download: {shards}" + (f"/{expected}" if expected else "")
                          + f" shards, {images:,} images ({images / max(elapsed, 1e-9):.0f}/s)")
     if "score" in stage_dirs:
-        scored = len(glob.glob(os.path.join(stage_dirs["score"], "metadata", "metadata_*.parquet")))
+        try:
+            scored = len(list_parts(stage_dirs["score"]))
+        except Exception:  # as above
+            scored = 0
         if scored:
             parts.append(f"score: {scored} parts")
     return f"[{int(elapsed // 60)}m{int(elapsed % 60):02d}s] " + (" | ".join(parts) or "starting")

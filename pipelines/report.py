@@ -19,11 +19,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crawl2clip.pipelines.options import RUN_STAGES
+from crawl2clip.pipelines.run import METRICS_FILE
 from crawl2clip.transforms import files
+from crawl2clip.transforms.consent.audit import REMOVED
 from crawl2clip.transforms.download.shards import PARQUET, finished_files
+from crawl2clip.transforms.embeddings import list_parts
+from crawl2clip.transforms.prune.outputs import KEPT, SUMMARY
 from crawl2clip.transforms.score.settings import SCORING_JSON
+from crawl2clip.transforms.score.write import DROPPED
 
-STAGES = ("extract", "download", "score", "prune")
+STAGES = RUN_STAGES
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 PLOTS = "report-plots"
@@ -52,6 +58,11 @@ def _read_parquets(pattern: str, columns: list[str] | None = None) -> pa.Table |
     return _read_tables(files.match(pattern), columns)
 
 
+def _read_scored(run_dir: str, columns: list[str]) -> pa.Table | None:
+    """The finished scoring parts' metadata (the embeddings layout's parts, in order)."""
+    return _read_tables([part.metadata for part in list_parts(files.join(run_dir, "score"))], columns)
+
+
 def _read_json(path: str) -> dict[str, Any] | None:
     return files.read_marker(path) if files.exists(path) else None
 
@@ -64,7 +75,7 @@ def _value_counts(table: pa.Table | None, column: str) -> dict[str, int]:
 
 
 def _stage_metrics(run_dir: str, stage: str) -> dict[str, Any] | None:
-    return _read_json(files.join(run_dir, stage, "metrics.json"))
+    return _read_json(files.join(run_dir, stage, METRICS_FILE))
 
 
 def _rows(*tables: pa.Table | None) -> int | None:
@@ -141,7 +152,7 @@ def _notes(run_dir: str, funnel: list[tuple[str, int]]) -> list[str]:
     empty = next((step for step, count in funnel if count == 0 and not step.startswith("split ")), None)
     if empty is not None:
         notes.append(f"No pair reached the step '{empty}': the later steps had nothing to work on.")
-    note = (_read_json(files.join(run_dir, "prune", "prune.json")) or {}).get("note")
+    note = (_read_json(files.join(run_dir, "prune", SUMMARY)) or {}).get("note")
     if note:
         notes.append(f"Prune: {note}.")
     return notes
@@ -152,7 +163,7 @@ def _removals(run_dir: str) -> dict[str, int]:
     `removed/` of `crawl2clip remove`)."""
     counts = Counter()
     for folder in (*(files.join(run_dir, stage) for stage in STAGES), run_dir):
-        table = _read_parquets(files.join(folder, "removed", "*.parquet"), ["stage", "reason"])
+        table = _read_parquets(files.join(folder, REMOVED, "*.parquet"), ["stage", "reason"])
         if table is not None:
             counts.update(f"{s}:removed_{r.replace('-', '_')}" for s, r in zip(table.column("stage").to_pylist(),
                                                                                table.column("reason").to_pylist()))
@@ -164,10 +175,9 @@ def collect(run_dir: str) -> dict[str, Any]:
     pairs = _read_parquets(files.join(run_dir, "extract", "pairs", "*.parquet"), ["LANGUAGE", "split"])
     downloads = _read_tables(finished_files(files.join(run_dir, "download"), PARQUET),
                              ["status", "original_width", "original_height"])
-    kept = _read_parquets(files.join(run_dir, "score", "metadata", "*.parquet"),
-                          ["similarity", "punsafe", "pwatermark", "aesthetic", "ptoxic", "LANGUAGE", "split"])
-    dropped = _read_parquets(files.join(run_dir, "score", "dropped", "*.parquet"), ["similarity", "drop_reason"])
-    pruned = _read_parquets(files.join(run_dir, "prune", "kept.parquet"))
+    kept = _read_scored(run_dir, ["similarity", "punsafe", "pwatermark", "aesthetic", "ptoxic", "LANGUAGE", "split"])
+    dropped = _read_parquets(files.join(run_dir, "score", DROPPED, "*.parquet"), ["similarity", "drop_reason"])
+    pruned = _read_parquets(files.join(run_dir, "prune", KEPT))
 
     errors = Counter()
     for stage in STAGES:
@@ -279,8 +289,7 @@ def _plot_histograms(report: dict, out_dir: str) -> dict[str, str]:
 
 def _samples(run_dir: str, count: int = SAMPLE_COUNT) -> list[dict[str, Any]]:
     """A few kept pairs (or downloaded ones when nothing was scored) with their thumbnails inlined."""
-    meta = _read_parquets(files.join(run_dir, "score", "metadata", "*.parquet"),
-                          ["key", "shard", "TEXT", "similarity"])
+    meta = _read_scored(run_dir, ["key", "shard", "TEXT", "similarity"])
     if meta is None or meta.num_rows == 0:
         return []
     rows = meta.slice(0, count).to_pylist()

@@ -21,6 +21,7 @@ from crawl2clip.transforms.index.build import PartPlan, split_shards
 from crawl2clip.transforms.index.choice import choose_index, parse_memory
 from crawl2clip.transforms.index.search import exact_search, recall_at_k, remove_near_duplicates
 from crawl2clip.transforms.index.store import IndexStore
+from crawl2clip.transforms.index.transform import prepare_index
 from tests.test_index_data import DATA, build_score_dir
 
 
@@ -161,6 +162,10 @@ def test_bad_parts_and_images_are_counted_and_kept_out(real_score_dir, tmp_path)
     broken[1]["key"] = "000079999"
     broken[2].update(shard=writer.tar_path, key=bad_key)
     write_part(score_dir, 7, img[:3], txt[:3], pa.Table.from_pylist(broken, schema=metadata.schema))
+    # part 8: its image embeddings cut short of what their header promises
+    write_part(score_dir, 8, img[:3], txt[:3], metadata.slice(0, 3))
+    truncated = os.path.join(score_dir, "img_emb", "img_emb_8.npy")
+    os.truncate(truncated, os.path.getsize(truncated) - 10)
 
     index_dir = str(tmp_path / "index")
     assert cli_main(["index", "--embeddings", score_dir, "--output", index_dir]) == 0
@@ -169,7 +174,8 @@ def test_bad_parts_and_images_are_counted_and_kept_out(real_score_dir, tmp_path)
     assert store.info["thumbnails"] == len(real_score_dir["rows"])
     errors = pq.read_table(os.path.join(index_dir, "errors")).to_pylist()
     assert sorted(e["reason"] for e in errors) == ["bad_image", "dim_mismatch", "image_missing",
-                                                   "part_misaligned", "shard_unreadable"]
+                                                   "part_misaligned", "part_unreadable", "shard_unreadable"]
+    assert "its header promises" in next(e["detail"] for e in errors if e["reason"] == "part_unreadable")
     assert {e["url"] for e in errors if e["reason"] == "image_missing"} == {broken[1]["URL"]}
     counters = json.load(open(os.path.join(index_dir, "metrics.json")))["counters"]
     assert counters["index:error_part_misaligned"] == counters["index:error_bad_image"] == 1
@@ -178,7 +184,10 @@ def test_bad_parts_and_images_are_counted_and_kept_out(real_score_dir, tmp_path)
 
 def test_invalid_options_fail_fast(tmp_path, capsys):
     assert cli_main(["index", "--output", str(tmp_path / "i")]) == 2
-    assert "give --embeddings SCORE_DIR" in capsys.readouterr().err
+    assert "give --input SCORE_DIR" in capsys.readouterr().err
+    assert cli_main(["index", "--input", str(tmp_path), "--embeddings", str(tmp_path),
+                     "--output", str(tmp_path / "i")]) == 2
+    assert "not both" in capsys.readouterr().err
     assert cli_main(["index", "--embeddings", str(tmp_path), "--output", str(tmp_path / "i"),
                      "--max-memory", "lots", "--index-shards", "0", "--exact-max-rows", "-1"]) == 2
     err = capsys.readouterr().err
@@ -189,3 +198,37 @@ def test_invalid_options_fail_fast(tmp_path, capsys):
     write_part(score_dir, 0, vectors, vectors, pa.table({"key": [str(i) for i in range(20_000)]}))
     assert cli_main(["index", "--embeddings", score_dir, "--output", str(tmp_path / "i"), "--max-memory", "100KB"]) == 1
     assert "memory budget" in capsys.readouterr().err
+
+
+def test_a_rebuild_replaces_the_index_and_is_unfinished_until_its_info(real_score_dir, tmp_path):
+    index_dir = str(tmp_path / "index")
+    assert cli_main(["index", "--input", real_score_dir["score_dir"], "--output", index_dir]) == 0
+    assert IndexStore(index_dir).thumbnails is not None
+    first_index = open(os.path.join(index_dir, "image.index"), "rb").read()
+    os.makedirs(os.path.join(index_dir, "building"))  # an earlier build's leftovers
+    open(os.path.join(index_dir, "building", "shard_00009.image.index"), "wb").close()
+
+    plan = prepare_index(real_score_dir["score_dir"], index_dir, ["image"], 2**30, 2, 0.95, False, None)
+    assert not os.path.exists(os.path.join(index_dir, "index_info.json"))  # the old info went first
+    assert os.listdir(os.path.join(index_dir, "building")) == ["trained.image.index"]
+    with pytest.raises(FileNotFoundError, match="not a finished"):
+        IndexStore(index_dir)
+    assert len(plan.shards) == 2
+
+    assert cli_main(["index", "--input", real_score_dir["score_dir"], "--output", index_dir, "--no-thumbnails"]) == 0
+    store = IndexStore(index_dir)
+    assert store.thumbnails is None  # the first build's thumbnail files are still there, but not this index's
+    assert open(os.path.join(index_dir, "image.index"), "rb").read() == first_index
+    assert sorted(n for n in os.listdir(index_dir) if n.startswith(".") or n == "building") == []
+
+
+def test_a_remote_index_needs_its_filesystem_flags(tmp_path, capsys):
+    for argv in (["subset", "--index", "hdfs://runs/1/index", "--all", "--output", str(tmp_path / "s.parquet")],
+                 ["serve", "hdfs://runs/1/index"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(argv)
+        assert exit_.value.code == 2
+        assert "give --hdfs_host, --hdfs_port, --hdfs_user" in capsys.readouterr().err
+    assert cli_main(["index", "--input", "hdfs://runs/1/score", "--output", str(tmp_path / "i")]) == 2
+    assert "--input hdfs://runs/1/score: give --hdfs_host" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []  # refused before any work

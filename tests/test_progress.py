@@ -5,10 +5,12 @@ import json
 import os
 import time
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crawl2clip.pipelines.progress import ProgressDisplay, _ShardTotals, describe
+from crawl2clip.transforms.embeddings import write_part
 from crawl2clip.transforms import progress as progress_files
 from crawl2clip.transforms.progress import ProgressFile, read_progress
 
@@ -24,11 +26,19 @@ def test_progress_files_are_summed_per_stage(tmp_path, monkeypatch):
     assert len(os.listdir(tmp_path)) == 2
 
 
-def test_remote_progress_dirs_are_ignored(tmp_path):
-    remote = ProgressFile("gs://bucket/run/_progress", "extract")
-    remote.add(files=1)
-    remote.flush()
-    assert not remote.enabled
+def test_a_failed_write_is_tried_again_and_only_finished_files_are_read(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(progress_files, "FLUSH_SECONDS", 0.0)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the progress folder should be")
+    progress = ProgressFile(str(blocked / "_progress"), "extract")
+    progress.add(files=2)  # cannot be written: counted, warned, kept
+    assert "not written" in caplog.text and progress.counts == {"files": 2}
+    progress.path = str(tmp_path / "_progress" / os.path.basename(progress.path))
+    progress.flush()  # still unwritten counts: written now
+    (tmp_path / "_progress" / ".extract-h-1-a.json.tmp-0123").write_text('{"stage": "extract", "counts": {"files": 9}}')
+    (tmp_path / "_progress" / "extract-h-1-b.json").write_text('{"stage": "ext')  # unreadable: skipped
+    assert read_progress(str(tmp_path / "_progress")) == {"extract": {"files": 2}}
+    assert read_progress(str(tmp_path / "none")) == {}
 
 
 def test_progress_line_counts_files_pairs_shards_and_images(tmp_path):
@@ -51,7 +61,16 @@ def test_progress_line_counts_files_pairs_shards_and_images(tmp_path):
     (tmp_path / "extract" / "_SUCCESS").write_text("{}")
     line = describe(stage_dirs, str(progress_dir), elapsed=10.0, shard_totals=_ShardTotals(),
                     total_files=4, shard_size=1000)
-    assert "download: 2/3 shards, 1,350 images (135/s)" in line
+    assert "download: 2/3 shards, 1,350 images (135/s)" in line and "score" not in line
+
+    # the scoring stage's finished parts, listed through the embeddings layout
+    score_dir = str(tmp_path / "score")
+    for number in (0, 3):
+        write_part(score_dir, number, np.zeros((1, 4)), np.zeros((1, 4)), pa.table({"uid": ["a"]}))
+    (tmp_path / "score" / "metadata" / ".metadata_4.parquet.tmp-0123").write_bytes(b"unfinished")
+    line = describe({**stage_dirs, "score": score_dir}, str(progress_dir), elapsed=10.0,
+                    shard_totals=_ShardTotals(), total_files=4, shard_size=1000)
+    assert line.endswith("| score: 2 parts")
 
 
 def test_display_prints_plain_lines_when_not_a_terminal(tmp_path):

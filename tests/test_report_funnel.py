@@ -7,7 +7,9 @@ import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
+from crawl2clip.pipelines.cli import main
 from crawl2clip.pipelines.report import collect, write_report
 
 
@@ -76,3 +78,10 @@ def test_applied_content_filters_are_steps_and_the_last_one_is_what_was_kept(tmp
     rows = {t["column"]: t for t in report["tags"]}
     assert rows["punsafe"]["from"] == "Keras SavedModel (autokeras): clip_autokeras_nsfw_b32.zip"
     assert rows["pwatermark"]["from"] == "zero-shot prompts"
+
+
+def test_the_report_of_a_remote_run_needs_its_filesystem_flags(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", "hdfs://runs/1"])
+    assert exit_.value.code == 2
+    assert "DIR hdfs://runs/1: give --hdfs_host, --hdfs_port, --hdfs_user" in capsys.readouterr().err

@@ -7,18 +7,17 @@
                 keeping that fraction)
 
 Selections are sets of uids; pairs.py's training pool (the held-out pairs already out) is
-filtered by them, so every variant is a subset of the same downloaded pairs.
+filtered by them, so every variant is a subset of the same downloaded pairs. The run's scoring
+output and kept lists are read through transforms/files.py and their layouts' definitions.
 """
 
-import glob
-import json
-import os
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crawl2clip.transforms import files
 from crawl2clip.transforms.compare.pairs import STAGE
 from crawl2clip.transforms.embeddings import list_parts
 from crawl2clip.transforms.errors import error_record
@@ -73,15 +72,20 @@ def parse_variants(text: str) -> list[Variant]:
 
 
 def read_scoring(score_dir: str) -> dict:
-    with open(os.path.join(score_dir, SCORING_JSON)) as f:
-        return json.load(f)
+    return files.read_marker(files.join(score_dir, SCORING_JSON))
+
+
+def _read_parquet(path: str, columns: list[str]) -> pa.Table:
+    """The columns of `columns` that the file has."""
+    with files.open_read(path) as f:
+        parquet = pq.ParquetFile(f)
+        return parquet.read(columns=[c for c in columns if c in parquet.schema_arrow.names])
 
 
 def _read_columns(paths: list[str], columns: list[str]) -> list[pa.Table]:
     tables = []
     for path in paths:
-        names = pq.read_schema(path).names
-        table = pq.read_table(path, columns=[c for c in columns if c in names])
+        table = _read_parquet(path, columns)
         for column in columns:
             if column not in table.column_names:
                 table = table.append_column(column, pa.nulls(table.num_rows, pa.float32()))
@@ -95,8 +99,7 @@ def clip_kept(score_dir: str) -> pa.Table:
     columns = [UID, *TAG_COLUMNS]
     kept = _read_columns([part.metadata for part in list_parts(score_dir)], columns)
     dropped = []
-    for table in _read_columns(sorted(glob.glob(os.path.join(score_dir, DROPPED, "*.parquet"))),
-                               columns + [DROP_REASON]):
+    for table in _read_columns(files.match(files.join(score_dir, DROPPED, "*.parquet")), columns + [DROP_REASON]):
         dropped.append(table.filter(pc.not_equal(table[DROP_REASON], LOW_SIMILARITY)).select(columns))
     tables = kept + dropped
     if not tables:
@@ -147,7 +150,7 @@ def kept_by_prune(kept_path: str, score_dir: str) -> tuple[set[str], list[dict]]
             errors.append(error_record(STAGE, "kept_mismatch", source=kept_path, offset=number,
                                        detail=f"kept rows of part {number}, which {score_dir} does not have"))
             continue
-        metadata = pq.read_table(part.metadata, columns=[UID])
+        metadata = _read_parquet(part.metadata, [UID])
         if len(rows) and int(rows.max()) >= metadata.num_rows:
             errors.append(error_record(STAGE, "kept_mismatch", source=part.metadata, offset=number,
                                        detail=f"kept row {int(rows.max())} of a part with {metadata.num_rows} rows"))

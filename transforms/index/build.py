@@ -14,9 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crawl2clip.transforms.embeddings import list_parts, load_embeddings, part_paths
+from crawl2clip.transforms import files
+from crawl2clip.transforms.embeddings import EMBEDDING_DTYPE, list_parts, load_embeddings, part_paths
 from crawl2clip.transforms.index.choice import IndexChoice
 from crawl2clip.transforms.index.search import SearchParams, VectorSearch, exact_search, recall_at_k
+from crawl2clip.transforms.index.store import read_index, read_npy, write_npy
 
 ADD_BATCH_ROWS = 65_536  # vectors converted to float32 and added at a time
 RECALL_K = 10
@@ -47,6 +49,34 @@ class PartPlan:
         return asdict(self)
 
 
+def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    with files.open_read(path) as f:
+        return pq.read_table(f, columns=columns)
+
+
+def parquet_schema(path: str) -> pa.Schema:
+    with files.open_read(path) as f:
+        return pq.read_schema(f)
+
+
+def parquet_rows(path: str) -> int:
+    with files.open_read(path) as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+def embeddings_shape(path: str) -> tuple[int, ...]:
+    """The shape of a .npy file from its header alone (nothing copied from a remote filesystem);
+    ValueError when it is no .npy file or shorter than its header says."""
+    with files.open_read(path) as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        needed = f.tell() + int(np.prod(shape)) * dtype.itemsize
+    if files.size(path) < needed:
+        raise ValueError(f"{path}: {files.size(path)} bytes, its header promises {needed}")
+    return shape
+
+
 def plan_parts(score_dir: str, prefixes: list[str]) -> tuple[list[PartPlan], int, list[tuple[int, str, str]]]:
     """The usable parts (global offsets assigned), the dimension, and the parts left out as
     (number, reason, detail): unreadable, misaligned with their metadata, or of another dimension."""
@@ -56,9 +86,8 @@ def plan_parts(score_dir: str, prefixes: list[str]) -> tuple[list[PartPlan], int
     offset = 0
     for part in list_parts(score_dir):
         try:
-            rows = pq.ParquetFile(part.metadata).metadata.num_rows
-            shapes = [load_embeddings(PartPlan(part.number, score_dir, 0, 0).embeddings(p)).shape
-                      for p in prefixes]
+            rows = parquet_rows(part.metadata)
+            shapes = [embeddings_shape(PartPlan(part.number, score_dir, 0, 0).embeddings(p)) for p in prefixes]
         except (OSError, ValueError) as exc:
             problems.append((part.number, "part_unreadable", f"{part.metadata}: {exc}"))
             continue
@@ -87,7 +116,8 @@ def split_shards(parts: list[PartPlan], shards: int) -> list[list[PartPlan]]:
 
 
 class RowReader:
-    """Reads rows by global number from the parts' memory-mapped embeddings."""
+    """Rows by global number from the parts' memory-mapped embeddings, as float32: the vectors
+    of the index without a copy of them (indexing takes a slice or an array of row numbers)."""
 
     def __init__(self, parts: list[PartPlan], prefix: str):
         self.parts = parts
@@ -95,6 +125,18 @@ class RowReader:
         self.arrays = [load_embeddings(p.embeddings(prefix)) for p in parts]
         self.rows = sum(p.rows for p in parts)
         self.dim = self.arrays[0].shape[1] if self.arrays else 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.dim
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, rows) -> np.ndarray:
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(self.rows))
+        return self.take(np.asarray(rows, dtype=np.int64))
 
     def take(self, ids: np.ndarray) -> np.ndarray:
         out = np.empty((len(ids), self.dim), dtype=np.float32)
@@ -143,9 +185,9 @@ def add_parts(index: faiss.Index, parts: list[PartPlan], prefix: str, batch_rows
 
 def merge_indexes(paths: list[str]) -> faiss.Index:
     """The shards' indexes, in order, as one index (IVF lists and Flat rows appended)."""
-    merged = faiss.read_index(paths[0])
+    merged = read_index(paths[0])
     for path in paths[1:]:
-        merged.merge_from(faiss.read_index(path), 0)
+        merged.merge_from(read_index(path), 0)
     return merged
 
 
@@ -194,38 +236,53 @@ def tune_search(search: VectorSearch, tune_queries: np.ndarray, test_queries: np
 
 
 def write_metadata(parts: list[PartPlan], path: str) -> int:
-    """Every part's metadata rows, in order, as one uncompressed Arrow IPC file (memory-mappable).
-    Columns missing from some parts come out null there; types are unified across parts."""
-    schema = pa.unify_schemas([pq.read_schema(p.metadata) for p in parts], promote_options="permissive")
+    """Every part's metadata rows, in order, as one uncompressed Arrow IPC file (memory-mappable),
+    streamed into `path`. Columns missing from some parts come out null there; types are unified
+    across parts."""
+    schema = pa.unify_schemas([parquet_schema(p.metadata) for p in parts], promote_options="permissive")
     rows = 0
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for part in parts:
-            table = pq.read_table(part.metadata)
-            columns = [table[f.name].cast(f.type) if f.name in table.column_names
-                       else pa.nulls(table.num_rows, f.type) for f in schema]
-            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-            rows += table.num_rows
+
+    def write(out) -> None:
+        nonlocal rows
+        with pa.ipc.new_file(pa.PythonFile(out, mode="w"), schema) as writer:
+            for part in parts:
+                table = read_parquet(part.metadata)
+                columns = [table[f.name].cast(f.type) if f.name in table.column_names
+                           else pa.nulls(table.num_rows, f.type) for f in schema]
+                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+                rows += table.num_rows
+
+    files.write_atomic(path, write)
     return rows
 
 
-def copy_vectors(parts: list[PartPlan], prefix: str, dim: int, path: str) -> None:
-    """The parts' float16 vectors, in order, as one .npy file."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
-                                    shape=(sum(p.rows for p in parts), dim))
-    for part in parts:
-        out[part.offset:part.offset + part.rows] = load_embeddings(part.embeddings(prefix))
-    out.flush()
-    del out
+def write_vectors(parts: list[PartPlan], prefix: str, dim: int, path: str, batch_rows: int = ADD_BATCH_ROWS) -> None:
+    """The parts' float16 vectors, in order, streamed into `path` as one .npy file."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(EMBEDDING_DTYPE)), "fortran_order": False,
+              "shape": (sum(p.rows for p in parts), dim)}
+
+    def write(out) -> None:
+        np.lib.format.write_array_header_1_0(out, header)
+        for part in parts:
+            vectors = load_embeddings(part.embeddings(prefix))
+            for start in range(0, part.rows, batch_rows):
+                batch = np.ascontiguousarray(vectors[start:start + batch_rows], dtype=EMBEDDING_DTYPE)
+                out.write(memoryview(batch).cast("B"))  # bytes: a writer may count len()
+
+    files.write_atomic(path, write)
 
 
 def pack_thumbnails(pieces: list[tuple[str, str]], data_path: str, offsets_path: str) -> int:
     """Concatenates the shards' (bytes file, lengths .npy) into one file and its offsets;
     returns how many rows have a thumbnail."""
-    lengths = [np.load(lengths_file) for _, lengths_file in pieces]
+    lengths = [read_npy(lengths_file) for _, lengths_file in pieces]
     all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    np.save(offsets_path, np.concatenate([[0], np.cumsum(all_lengths)]).astype(np.int64))
-    with open(data_path, "wb") as out:
+    write_npy(offsets_path, np.concatenate([[0], np.cumsum(all_lengths)]).astype(np.int64))
+
+    def write(out) -> None:
         for data_file, _ in pieces:
-            with open(data_file, "rb") as f:
-                shutil.copyfileobj(f, out)
+            with files.open_read(data_file) as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+
+    files.write_atomic(data_path, write)
     return int((all_lengths > 0).sum())

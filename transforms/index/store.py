@@ -10,8 +10,14 @@
     errors/, metrics.json    the build's error records and counters
 
 Row i of every file is row i of the embeddings in SCORE_DIR order (parts by increasing N).
+
+INDEX_DIR may be on any Beam filesystem (hdfs://, s3://, gs://): every file is committed whole
+through transforms/files.py (faiss indexes streamed, no local file), index_info.json last, so an
+index is finished exactly when its info file exists. A reader memory-maps the local copies of a
+remote folder's files (files.local_copy).
 """
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -20,6 +26,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from crawl2clip.transforms import files
 from crawl2clip.transforms.index.search import SearchParams, VectorSearch
 
 INFO = "index_info.json"
@@ -32,19 +39,53 @@ MODALITIES = {"image": "img_emb", "text": "text_emb"}
 
 
 def index_path(directory: str, modality: str) -> str:
-    return os.path.join(directory, f"{modality}.index")
+    return files.join(directory, f"{modality}.index")
 
 
 def vectors_path(directory: str, modality: str) -> str:
-    return os.path.join(directory, f"{MODALITIES[modality]}.npy")
+    return files.join(directory, f"{MODALITIES[modality]}.npy")
+
+
+def write_index(index: faiss.Index, path: str) -> int:
+    """Streams a faiss index into `path` on any filesystem, committed whole; returns its bytes."""
+    written = 0
+
+    def write(out) -> None:
+        def chunk(data: bytes) -> None:
+            nonlocal written
+            out.write(data)
+            written += len(data)
+
+        faiss.write_index(index, faiss.PyCallbackIOWriter(chunk))
+
+    files.write_atomic(path, write)
+    return written
+
+
+def read_index(path: str) -> faiss.Index:
+    """A faiss index streamed from `path` on any filesystem."""
+    with files.open_read(path) as f:
+        return faiss.read_index(faiss.PyCallbackIOReader(f.read))
+
+
+def write_npy(path: str, array: np.ndarray) -> str:
+    return files.write_atomic(path, lambda f: np.save(f, array))
+
+
+def read_npy(path: str) -> np.ndarray:
+    """A small .npy file read whole (large ones are memory-mapped from files.local_copy)."""
+    return np.load(io.BytesIO(files.read_bytes(path)))
 
 
 def write_info(directory: str, info: dict) -> None:
-    temporary = os.path.join(directory, INFO + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
-        f.write("\n")
-    os.replace(temporary, os.path.join(directory, INFO))  # last: the index is complete
+    """Written last: the index is complete."""
+    files.write_atomic(files.join(directory, INFO), json.dumps(info, indent=2).encode() + b"\n")
+
+
+def forget_info(directory: str) -> None:
+    """Before a build replaces files of an earlier one: the folder is unfinished until the new
+    info is written."""
+    files.delete(files.join(directory, INFO))
 
 
 @dataclass
@@ -62,40 +103,40 @@ class Thumbnails:
 
 
 def _load_thumbnails(directory: str, rows: int) -> Thumbnails | None:
-    offsets_file = os.path.join(directory, THUMBNAIL_OFFSETS)
-    if not os.path.exists(offsets_file):
+    offsets_file = files.join(directory, THUMBNAIL_OFFSETS)
+    if not files.exists(offsets_file):
         return None
-    offsets = np.load(offsets_file, mmap_mode="r")
+    offsets = np.load(files.local_copy(offsets_file), mmap_mode="r")
     if len(offsets) != rows + 1:
         raise ValueError(f"{offsets_file}: {len(offsets) - 1} rows, the index has {rows}")
-    size = os.path.getsize(os.path.join(directory, THUMBNAILS))
-    data = (np.memmap(os.path.join(directory, THUMBNAILS), dtype=np.uint8, mode="r") if size
+    data_file = files.join(directory, THUMBNAILS)
+    data = (np.memmap(files.local_copy(data_file), dtype=np.uint8, mode="r") if files.size(data_file)
             else np.zeros(0, dtype=np.uint8))
     return Thumbnails(data, offsets)
 
 
 class IndexStore:
-    """A built INDEX_DIR, opened for queries: metadata and vectors memory-mapped, faiss indexes
-    in memory (their size is what `--max-memory` budgeted)."""
+    """A built INDEX_DIR (local or remote), opened for queries: metadata and vectors
+    memory-mapped, faiss indexes in memory (their size is what `--max-memory` budgeted)."""
 
     def __init__(self, directory: str):
-        self.directory = os.path.realpath(directory)
-        info_file = os.path.join(self.directory, INFO)
-        if not os.path.isfile(info_file):
+        self.directory = os.path.realpath(directory) if files.is_local(directory) else directory
+        info_file = files.join(self.directory, INFO)
+        if not files.exists(info_file):
             raise FileNotFoundError(f"{directory}: no {INFO} (not a finished `crawl2clip index` output)")
-        with open(info_file, encoding="utf-8") as f:
-            self.info = json.load(f)
+        self.info = files.read_marker(info_file)
         self.metadata: pa.Table = pa.ipc.open_file(
-            pa.memory_map(os.path.join(self.directory, METADATA))).read_all()
+            pa.memory_map(files.local_copy(files.join(self.directory, METADATA)))).read_all()
         self.rows = self.metadata.num_rows
         self.searches: dict[str, VectorSearch] = {}
         for modality, entry in self.info["indexes"].items():
-            vectors = np.load(vectors_path(self.directory, modality), mmap_mode="r")
-            index = faiss.read_index(index_path(self.directory, modality))
-            self.searches[modality] = VectorSearch(index, vectors, SearchParams(**entry["search"]))
+            vectors = np.load(files.local_copy(vectors_path(self.directory, modality)), mmap_mode="r")
             if len(vectors) != self.rows:
                 raise ValueError(f"{modality}: {len(vectors)} vectors but {self.rows} metadata rows")
-        self.thumbnails = _load_thumbnails(self.directory, self.rows)
+            self.searches[modality] = VectorSearch(read_index(index_path(self.directory, modality)), vectors,
+                                                   SearchParams(**entry["search"]))
+        # as its info says: a folder rebuilt without thumbnails may still hold an older build's
+        self.thumbnails = _load_thumbnails(self.directory, self.rows) if self.info.get("thumbnails") else None
 
     @property
     def dim(self) -> int:

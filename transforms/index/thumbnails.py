@@ -1,16 +1,17 @@
 """Thumbnails for the explorer, read from the download stage's webdataset shards.
 
-A metadata row names its image by `shard` (the .tar) and `key` (`KEY.jpg`/`.webp` inside it).
-Each tar is read once, front to back, for all the keys wanted from it.
+A metadata row names its image by `shard` (the .tar, on any Beam filesystem) and `key`
+(`KEY.jpg`/`.webp` inside it). Each tar is read once, front to back, for all the keys wanted from it.
 """
 
 import io
-import os
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterable
 
 from PIL import Image
+
+from crawl2clip.transforms import files
 
 THUMBNAIL_SIZE = 256  # longest side, pixels
 THUMBNAIL_QUALITY = 85
@@ -47,7 +48,7 @@ def read_images(tar_path: str, keys: Iterable[str]) -> dict[str, bytes]:
     """The image bytes of `keys` found in one tar (missing keys are absent from the result)."""
     wanted = set(keys)
     found: dict[str, bytes] = {}
-    with tarfile.open(tar_path, mode="r:*") as tar:
+    with files.open_read(tar_path) as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
         for member in tar:
             stem, _, extension = member.name.rpartition(".")
             if stem in wanted and extension.lower() in IMAGE_EXTENSIONS and member.isfile():
@@ -75,7 +76,7 @@ def thumbnails_for(rows: list[tuple[str | None, str | None]]) -> tuple[list[byte
         for i in positions:
             key = rows[i][1]
             if key not in images:
-                problems.append((i, "image_missing", f"{os.path.basename(tar_path)} has no image {key}"))
+                problems.append((i, "image_missing", f"{files.split(tar_path)[1]} has no image {key}"))
                 continue
             try:
                 thumbnails[i] = make_thumbnail(images[key])

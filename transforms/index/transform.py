@@ -6,36 +6,37 @@ worker merges them and finishes INDEX_DIR.
     (merge indexes, copy metadata and vectors, pack thumbnails, tune search, measure recall,
     write index_info.json)
 
-Workers read SCORE_DIR and write INDEX_DIR, so both must be on a file system every worker sees
-(local for DirectRunner, a shared mount on a cluster), as with the download stage.
+Workers read SCORE_DIR and write INDEX_DIR through transforms/files.py, so both may be on any
+Beam filesystem every worker reaches (local for DirectRunner, HDFS or an object store on a
+cluster): the driver's trained indexes and the shards' files go to INDEX_DIR/building/, and
+the merge removes it before writing index_info.json.
 """
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 
 import apache_beam as beam
-import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from crawl2clip.transforms import files
 from crawl2clip.transforms.errors import ERRORS, count_error, counter, error_record
 from crawl2clip.transforms.index.build import (
     RECALL_QUERIES,
     PartPlan,
     RowReader,
     add_parts,
-    copy_vectors,
     merge_indexes,
     pack_thumbnails,
     plan_parts,
+    read_parquet,
     sample_ids,
     split_shards,
     train_index,
     tune_search,
     write_metadata,
+    write_vectors,
 )
 from crawl2clip.transforms.index.choice import EXACT_MAX_ROWS, IndexChoice, choose_index
 from crawl2clip.transforms.index.search import VectorSearch
@@ -45,9 +46,13 @@ from crawl2clip.transforms.index.store import (
     THUMBNAIL_OFFSETS,
     THUMBNAILS,
     WORK,
+    forget_info,
     index_path,
+    read_index,
     vectors_path,
+    write_index,
     write_info,
+    write_npy,
 )
 from crawl2clip.transforms.index.thumbnails import THUMBNAIL_SIZE, thumbnails_for
 
@@ -77,7 +82,8 @@ def prepare_index(score_dir: str, index_dir: str, modalities: list[str], max_mem
                   target_recall: float, thumbnails: bool, clip: dict | None,
                   exact_max_rows: int = EXACT_MAX_ROWS, seed: int = 0) -> IndexPlan:
     """Plans the parts, chooses the index type for their size and the budget, and trains one
-    empty index per modality on a random sample (written under INDEX_DIR/building/)."""
+    empty index per modality on a random sample (written under INDEX_DIR/building/). An earlier
+    build's index_info.json goes first: the folder is unfinished until the merge writes it."""
     started = time.time()
     parts, dim, problems = plan_parts(score_dir, [MODALITIES[m] for m in modalities])
     records = [error_record(STAGE, reason, source=f"{score_dir} part {number}", detail=detail)
@@ -87,13 +93,14 @@ def prepare_index(score_dir: str, index_dir: str, modalities: list[str], max_mem
         raise ValueError(f"{score_dir}: no usable embeddings" + (f" ({problems[0][2]})" if problems else ""))
     choice = choose_index(rows, dim, max_memory, exact_max_rows)
     train, held_out = sample_ids(rows, choice.train_rows, 2 * RECALL_QUERIES, seed)
-    work = os.path.join(index_dir, WORK)
-    os.makedirs(work, exist_ok=True)
+    forget_info(index_dir)
+    work = files.join(index_dir, WORK)
+    files.delete(work)  # an unfinished build's shards
     trained = {}
     for modality in modalities:
         index = train_index(choice, RowReader(parts, MODALITIES[modality]).take(train) if len(train) else None)
-        trained[modality] = os.path.join(work, f"trained.{modality}.index")
-        faiss.write_index(index, trained[modality])
+        trained[modality] = files.join(work, f"trained.{modality}.index")
+        write_index(index, trained[modality])
     return IndexPlan(score_dir, index_dir, modalities, parts, split_shards(parts, shards), choice, trained,
                      held_out[0::2], held_out[1::2], target_recall, thumbnails, clip, records,
                      round(time.time() - started, 3))
@@ -107,25 +114,26 @@ class _BuildShard(beam.DoFn):
 
     def process(self, element):
         number, parts = element
-        work = os.path.join(self.plan.index_dir, WORK)
+        work = files.join(self.plan.index_dir, WORK)
         built = {"shard": number, "rows": sum(p.rows for p in parts), "indexes": {}}
         for modality in self.plan.modalities:
-            index = faiss.read_index(self.plan.trained[modality])
+            index = read_index(self.plan.trained[modality])
             add_parts(index, parts, MODALITIES[modality])
-            built["indexes"][modality] = os.path.join(work, f"shard_{number:05d}.{modality}.index")
-            faiss.write_index(index, built["indexes"][modality])
+            built["indexes"][modality] = files.join(work, f"shard_{number:05d}.{modality}.index")
+            write_index(index, built["indexes"][modality])
         counter(STAGE, "rows_added").inc(built["rows"])
         if self.plan.thumbnails:
-            built["thumbnails"] = (os.path.join(work, f"shard_{number:05d}.thumbnails"),
-                                   os.path.join(work, f"shard_{number:05d}.lengths.npy"))
+            built["thumbnails"] = (files.join(work, f"shard_{number:05d}.thumbnails"),
+                                   files.join(work, f"shard_{number:05d}.lengths.npy"))
             yield from self._thumbnails(parts, *built["thumbnails"])
         yield built
 
     def _thumbnails(self, parts: list[PartPlan], data_path: str, lengths_path: str):
         lengths = []
-        with open(data_path, "wb") as out:
+        with files.PendingFile(data_path) as pending:
+            out = pending.file
             for part in parts:
-                table = pq.read_table(part.metadata)
+                table = read_parquet(part.metadata)
                 thumbs, problems = thumbnails_for(list(zip(_column(table, "shard"), _column(table, "key"))))
                 urls = _column(table, "URL")
                 for row, reason, detail in problems:
@@ -137,7 +145,7 @@ class _BuildShard(beam.DoFn):
                 present = sum(t is not None for t in thumbs)
                 counter(STAGE, "thumbnails").inc(present)
                 counter(STAGE, "without_thumbnail").inc(len(thumbs) - present)
-        np.save(lengths_path, np.array(lengths, dtype=np.int64))
+        write_npy(lengths_path, np.array(lengths, dtype=np.int64))
 
 
 def _column(table: pa.Table, name: str) -> list:
@@ -157,34 +165,33 @@ class _MergeShards(beam.DoFn):
         shards = sorted(shards, key=lambda s: s["shard"])
         if len(shards) != len(plan.shards):
             raise RuntimeError(f"{len(shards)} of {len(plan.shards)} index shards were built")
-        rows = write_metadata(plan.parts, os.path.join(out, METADATA))
-        indexes = {}
+        rows = write_metadata(plan.parts, files.join(out, METADATA))
+        indexes, index_bytes = {}, {}
         for modality in plan.modalities:
             merged = merge_indexes([s["indexes"][modality] for s in shards])
-            faiss.write_index(merged, index_path(out, modality))
-            copy_vectors(plan.parts, MODALITIES[modality], plan.choice.dim, vectors_path(out, modality))
-            vectors = np.load(vectors_path(out, modality), mmap_mode="r")
+            index_bytes[modality] = write_index(merged, index_path(out, modality))
+            write_vectors(plan.parts, MODALITIES[modality], plan.choice.dim, vectors_path(out, modality))
+            vectors = RowReader(plan.parts, MODALITIES[modality])  # the rows just written, from the parts
             search = VectorSearch(merged, vectors)
-            params, recall = tune_search(search, np.asarray(vectors[plan.tune_ids], dtype=np.float32),
-                                         np.asarray(vectors[plan.test_ids], dtype=np.float32), plan.target_recall)
-            indexes[modality] = {"file": os.path.basename(index_path(out, modality)),
-                                 "vectors": os.path.basename(vectors_path(out, modality)),
+            params, recall = tune_search(search, vectors[plan.tune_ids], vectors[plan.test_ids], plan.target_recall)
+            indexes[modality] = {"file": files.split(index_path(out, modality))[1],
+                                 "vectors": files.split(vectors_path(out, modality))[1],
                                  "search": params.as_dict(), **recall}
             counter(STAGE, f"recall_at_10_permille_{modality}").inc(int(recall["recall_at_10"] * 1000))
         with_thumbnails = 0
         if plan.thumbnails:
-            with_thumbnails = pack_thumbnails([s["thumbnails"] for s in shards], os.path.join(out, THUMBNAILS),
-                                              os.path.join(out, THUMBNAIL_OFFSETS))
-        shutil.rmtree(os.path.join(out, WORK), ignore_errors=True)
+            with_thumbnails = pack_thumbnails([s["thumbnails"] for s in shards], files.join(out, THUMBNAILS),
+                                              files.join(out, THUMBNAIL_OFFSETS))
+        files.delete(files.join(out, WORK))
         info = {
             "format": 1,
-            "source": os.path.abspath(plan.score_dir),
+            "source": os.path.abspath(plan.score_dir) if files.is_local(plan.score_dir) else plan.score_dir,
             "rows": rows,
             "dim": plan.choice.dim,
             "index_type": plan.choice.factory,
             "exact": plan.choice.exact,
             "memory_bytes_estimate": plan.choice.memory_bytes,
-            "index_bytes": {m: os.path.getsize(index_path(out, m)) for m in plan.modalities},
+            "index_bytes": index_bytes,
             "train_rows": plan.choice.train_rows,
             "train_seconds": plan.train_seconds,
             "merge_seconds": round(time.time() - started, 3),
