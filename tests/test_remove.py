@@ -93,7 +93,7 @@ def lists(finished_run, books, tmp_path_factory):
     return {"paths": paths, "expected": expected}
 
 
-def _remove_args(lists: dict) -> list[str]:
+def remove_args(lists: dict) -> list[str]:
     return ["--blocklist", *lists["paths"].values(), "--phash-distance", "8"]
 
 
@@ -101,7 +101,7 @@ def _remove_args(lists: dict) -> list[str]:
 def cleaned(finished_run, lists, tmp_path_factory):
     before = _file_digests(finished_run)
     clean = str(tmp_path_factory.mktemp("clean") / "run")
-    assert main(["remove", "--dataset", finished_run, "--output", clean, *_remove_args(lists)]) == 0
+    assert main(["remove", "--dataset", finished_run, "--output", clean, *remove_args(lists)]) == 0
     assert _file_digests(finished_run) == before  # the dataset itself is untouched
     return clean
 
@@ -186,21 +186,21 @@ def test_a_cleaned_copy_lost_the_listed_rows_and_nothing_else(finished_run, clea
 def test_in_place_after_a_crash_half_way_resumes_to_the_same_result(finished_run, cleaned, lists, tmp_path, monkeypatch):
     dataset = str(tmp_path / "run")
     shutil.copytree(finished_run, dataset)
-    moves = []
+    moves, move = [], rewrite.move
 
     def crash_on_the_fifth_rename(source, target):
         if len(moves) == 4:
             raise OSError("simulated crash")
         moves.append(target)
-        os.replace(source, target)
+        move(source, target)
 
-    monkeypatch.setattr(rewrite, "_move", crash_on_the_fifth_rename)
+    monkeypatch.setattr(rewrite, "move", crash_on_the_fifth_rename)
     with pytest.raises(Exception, match="simulated crash"):
-        main(["remove", "--dataset", dataset, *_remove_args(lists)])
+        main(["remove", "--dataset", dataset, *remove_args(lists)])
     monkeypatch.undo()
     (work,) = glob.glob(os.path.join(dataset, "removed", ".remove-*"))
     assert os.listdir(os.path.join(work, "staged"))  # a unit was caught between its renames
-    assert main(["remove", "--dataset", dataset, *_remove_args(lists)]) == 0
+    assert main(["remove", "--dataset", dataset, *remove_args(lists)]) == 0
     assert not os.path.exists(work)
     # The copy's shard paths point into the copy, the in-place run's into the original folder it was copied from.
     _compare_runs(finished_run, dataset, set(lists["expected"]), shards_moved=False)
@@ -212,7 +212,7 @@ def test_in_place_after_a_crash_half_way_resumes_to_the_same_result(finished_run
     assert removed_rows[0] == removed_rows[1]  # the totals survive the crash
     # once done, the same lists again change nothing
     before = _file_digests(dataset)
-    assert main(["remove", "--dataset", dataset, *_remove_args(lists)]) == 0
+    assert main(["remove", "--dataset", dataset, *remove_args(lists)]) == 0
     assert _file_digests(dataset) == before
 
 
@@ -237,7 +237,7 @@ def test_a_run_applies_the_same_lists_at_extract_and_download(books, lists, tmp_
     run_dir = str(tmp_path / "run")
     with replay_proxy(books) as (proxy, requested):
         assert main(["run", "--input", books, "--output", run_dir, "--proxy", proxy, *RUN_FLAGS,
-                     *_remove_args(lists)]) == 0
+                     *remove_args(lists)]) == 0
     by_kind = {kind: uid for uid, (_, _, kind) in lists["expected"].items()}
     audits = {stage: {r["uid"]: (r["list"], r["entry"], r["reason"])
                       for r in _table(os.path.join(run_dir, stage, "removed"))} for stage in ("extract", "download")}
@@ -254,3 +254,29 @@ def test_a_run_applies_the_same_lists_at_extract_and_download(books, lists, tmp_
     with open(os.path.join(run_dir, "report.json")) as f:
         assert json.load(f)["removals"] == {"download:removed_image_phash": 1, "download:removed_image_sha256": 1,
                                             "extract:removed_url": 1, "extract:removed_url_md5": 1}
+
+
+def test_what_unfinished_writes_left_is_no_unit(finished_run, tmp_path):
+    """The file layer's `.NAME.tmp-<attempt>` temporaries and older writers' `NAME.tmp` files are
+    neither cleaned nor copied: only finished files are units."""
+    dataset = str(tmp_path / "run")
+    shutil.copytree(finished_run, dataset)
+    leftovers = ["download/.00001.tar.tmp-0123abcd", "score/metadata/.metadata_0.parquet.tmp-0123abcd",
+                 "extract/pairs/.pairs-00000-of-00001.parquet.tmp-0123abcd", "prune/kept.parquet.1234.tmp"]
+    for name in leftovers:
+        with open(os.path.join(dataset, name), "wb") as f:
+            f.write(b"half a file")
+    units = rewrite.list_units(dataset, str(tmp_path / "copy"), rewrite.RunDirs(), {"index"})
+    names = {unit.name for unit in units}
+    assert not names & set(leftovers)
+    finished = {os.path.relpath(p, dataset) for p in glob.glob(os.path.join(dataset, "**"), recursive=True)
+                if os.path.isfile(p) and not p.startswith(os.path.join(dataset, "index"))} - set(leftovers)
+    covered = set(names)  # a shard's unit is named by its tar, a part's by its metadata
+    for unit in units:
+        if unit.kind == "shard":
+            covered |= {f"download/{unit.number:05d}.parquet", f"download/{unit.number:05d}_stats.json"}
+        elif unit.kind == "part":
+            covered |= {f"score/img_emb/img_emb_{unit.number}.npy", f"score/text_emb/text_emb_{unit.number}.npy"}
+    assert covered == finished
+    assert {u.kind for u in units} == {"shard", "part", "rows", "table", "copy"}
+    assert sum(u.kind == "shard" for u in units) == 3 and sum(u.kind == "part" for u in units) == 3

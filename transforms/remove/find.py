@@ -7,16 +7,16 @@ download tars (transforms/consent/phash.py stored_image_phashes: the stored imag
 copy, so a border is cut off first). A finished run keeps no MD5 of the originals.
 """
 
-import os
 import tarfile
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from crawl2clip.transforms import files
 from crawl2clip.transforms.consent.audit import REMOVED_SCHEMA, audit_row
 from crawl2clip.transforms.consent.blocklists import Blocklists
 from crawl2clip.transforms.consent.phash import stored_image_phashes
 from crawl2clip.transforms.download.shards import KEY, ORIGINAL_HEIGHT, ORIGINAL_WIDTH, SHA256, STATUS, SUCCESS
+from crawl2clip.transforms.tables import column_names, read_table, write_table
 from crawl2clip.transforms.schema import PAGE_URL, UID, URL
 
 STAGE = "remove"
@@ -26,10 +26,10 @@ _ROW_COLUMNS = (UID, URL, PAGE_URL, SHA256)
 
 def listed_rows(path: str, lists: Blocklists) -> list[dict]:
     """Audit rows of the rows of one parquet table that a list names (tables without `uid` have no pairs)."""
-    names = pq.read_schema(path).names
+    names = column_names(path)
     if UID not in names:
         return []
-    rows = pq.read_table(path, columns=[c for c in _ROW_COLUMNS if c in names]).to_pylist()
+    rows = read_table(path, columns=[c for c in _ROW_COLUMNS if c in names]).to_pylist()
     found = []
     for row in rows:
         match = lists.match_url(row.get(URL), row.get(PAGE_URL)) or lists.match_image(sha256=row.get(SHA256))
@@ -43,12 +43,11 @@ def listed_images(tar_path: str, parquet_path: str, lists: Blocklists) -> list[d
     pHash distance of an `image-phash` entry."""
     if not lists.needs_phash:
         return []
-    table = pq.read_table(parquet_path)
-    rows = {row[KEY]: row for row in table.to_pylist() if row.get(STATUS) == SUCCESS}
+    rows = {row[KEY]: row for row in read_table(parquet_path).to_pylist() if row.get(STATUS) == SUCCESS}
     found = []
-    with tarfile.open(tar_path) as tar:
+    with files.open_read(tar_path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
         for member in tar:
-            stem, _, extension = os.path.basename(member.name).rpartition(".")
+            stem, _, extension = member.name.rpartition("/")[2].rpartition(".")
             row = rows.get(stem)
             if row is None or not member.isfile() or extension not in IMAGE_EXTENSIONS:
                 continue
@@ -68,13 +67,8 @@ def first_match(rows: list[dict], list_order: dict[str, int]) -> dict:
 def write_plan(path: str, rows: list[dict]) -> str:
     """The audit of a `remove` (one row per pair, by uid), written atomically: once it exists the
     rows it names are what every unit removes, whatever was rewritten before a crash."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    table = pa.Table.from_pylist(sorted(rows, key=lambda r: r[UID]), schema=REMOVED_SCHEMA)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    pq.write_table(table, temporary)
-    os.replace(temporary, path)
-    return path
+    return write_table(path, pa.Table.from_pylist(sorted(rows, key=lambda r: r[UID]), schema=REMOVED_SCHEMA))
 
 
 def read_plan_uids(path: str) -> frozenset[str]:
-    return frozenset(pq.read_table(path, columns=[UID]).column(UID).to_pylist())
+    return frozenset(read_table(path, columns=[UID]).column(UID).to_pylist())

@@ -8,15 +8,18 @@ The run is cut into units, each rewritten alone:
     table   any other parquet: rows dropped by uid, or error rows by their `url`; else untouched
     copy    any other file, copied (only when writing a cleaned copy elsewhere)
 
-Every unit is crash-safe and idempotent. Its new files are written into a staging folder with a
-list of where each goes; only then are they renamed into place (a part's metadata last, a
-shard's stats last, as their writers do), and a done marker is written. A rerun skips done
-units, finishes the renames of staged ones, and redoes the others from the files as they are:
-removing the same uids twice removes nothing more.
+Every unit is crash-safe and idempotent. Its new files are written into a staging folder, then a
+journal of where each goes (MOVES.json); only then are they renamed into place (a part's metadata
+last, a shard's stats last, as their writers do), and a done marker is written. A rerun skips
+done units, finishes the renames of journalled ones, and redoes the others from the files as
+they are: removing the same uids twice removes nothing more.
+
+Every path is read, written, listed and renamed through transforms/files.py, so the run may be
+local or on any Beam filesystem (hdfs://, s3://, gs://); its layouts are those of the stages that
+wrote it (download/shards.py, embeddings.py, prune/outputs.py).
 """
 
 import functools
-import json
 import os
 import shutil
 import tarfile
@@ -25,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from apache_beam.io.filesystem import BeamIOError
 
+from crawl2clip.transforms import files
 from crawl2clip.transforms.consent.audit import REMOVED
 from crawl2clip.transforms.consent.blocklists import Blocklists
 from crawl2clip.transforms.download.shards import (
@@ -38,27 +42,99 @@ from crawl2clip.transforms.download.shards import (
     SUCCESS,
     TAR,
     finished_shards,
+    read_shard_table,
+    read_stats,
     shard_file,
     tar_end,
 )
 from crawl2clip.transforms.embeddings import (
-    EMBEDDING_DTYPE,
-    IMG_EMB,
-    METADATA,
-    TEXT_EMB,
     list_parts,
     load_embeddings,
     part_paths,
+    read_part_metadata,
+    write_part,
 )
 from crawl2clip.transforms.errors import counter
-from crawl2clip.transforms.prune.outputs import DUPLICATES, KEPT
-from crawl2clip.transforms.schema import UID
+from crawl2clip.transforms.prune.outputs import DUPLICATES, KEPT, output_path
+from crawl2clip.transforms.tables import read_table, write_table
+from crawl2clip.transforms.schema import ERROR_SCHEMA, UID
+from crawl2clip.transforms.score.write import SHARD
 
 STAGE = "remove"
-SHARD_COLUMN = "shard"  # score metadata: the download tar holding the image
 _MOVES = "MOVES.json"
-_move = os.replace  # every rename of a new file into place (the tests crash a remove half-way here)
-_TAR_BLOCK = 512
+_LEGACY_TEMPORARY = ".tmp"  # what writers before transforms/files.py left: NAME.tmp, NAME.<pid>.tmp
+
+
+def move(staged: str, final: str) -> None:
+    """Gives a staged file (or folder) its final name, replacing a file there: every rename of a
+    remove goes through here (the tests crash a remove half-way at it). A folder goes only where
+    nothing is: HDFS would move it into a folder of that name."""
+    files.makedirs(files.split(final)[0])
+    files.move(staged, final)
+
+
+def is_temporary(name: str) -> bool:
+    """A file an unfinished write left: the file layer's `.NAME.tmp-<attempt>` or an older
+    writer's `NAME.tmp`."""
+    return files.is_temporary(name) or name.endswith(_LEGACY_TEMPORARY)
+
+
+# ---------------------------------------------------------------- paths of a run
+
+
+def normalised(path: str) -> str:
+    """A path to compare: absolute when local, without a trailing slash."""
+    return os.path.abspath(path) if files.is_local(path) else path.rstrip("/")
+
+
+def relative(path: str, root: str) -> str:
+    """`path` relative to the folder `root` ("/"-separated), as listings and joins spell it."""
+    path, root = normalised(path), normalised(root)
+    if not path.startswith(root + "/"):
+        raise ValueError(f"{path} is not inside {root}")
+    return path[len(root) + 1:]
+
+
+def same_folder(a: str, b: str) -> bool:
+    return normalised(a) == normalised(b)
+
+
+def inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies under it."""
+    return (normalised(path) + "/").startswith(normalised(folder) + "/")
+
+
+def _skipped(name: str, skip: set[str]) -> bool:
+    return any(name == s or name.startswith(s + "/") for s in skip)
+
+
+def run_files(root: str, known: set[str], skip: set[str], folder: str = "") -> list[str]:
+    """Every file under `root` (names relative to it), except those under `skip` and
+    temporaries. A `**` listing reaches the whole tree where listings hold files only (local
+    disks, object stores); an HDFS listing holds one folder, its subfolders included, so an entry
+    is asked for its own listing, which a file there refuses. `known` files (the layouts') are not
+    asked (files.walk would do this in the file layer; asked of the lead)."""
+    found = []
+    for path in files.match(files.join(root, folder, "**") if folder else files.join(root, "**")):
+        name = relative(path, root)
+        if _skipped(name, skip) or is_temporary(name.rpartition("/")[2]):
+            continue
+        if name in known:
+            found.append(name)
+            continue
+        try:
+            below = files.match(files.join(path, "**"))
+        except BeamIOError:  # HDFS: a file
+            below = None
+        if below:  # a folder of a filesystem whose listings hold folders
+            found.extend(run_files(root, known, skip, name))
+        elif below is None or files.is_local(path) or files.size(path):
+            found.append(name)
+        # else an empty remote entry: an empty HDFS folder (or an empty object), nothing to clean
+    return sorted(found)
+
+
+# ---------------------------------------------------------------- which units a run has
 
 
 @dataclass(frozen=True)
@@ -73,7 +149,7 @@ class RunDirs:
 @dataclass(frozen=True)
 class Unit:
     kind: str  # shard, part, rows, table, copy
-    name: str  # a file relative to the run folder; for shard/part, that of its number's first file
+    name: str  # a file relative to the run folder ("/"-separated); for shard/part, one of its files
     source: str  # the run folder read
     target: str  # the run folder written (the same one when cleaning in place)
     number: int = -1
@@ -81,14 +157,15 @@ class Unit:
 
     @property
     def marker(self) -> str:
-        return self.name.replace(os.sep, "__")
+        return self.name.replace("/", "__")
 
     @property
     def in_place(self) -> bool:
-        return os.path.abspath(self.source) == os.path.abspath(self.target)
+        return same_folder(self.source, self.target)
 
-
-# ---------------------------------------------------------------- which units a run has
+    def path(self, run: str) -> str:
+        """The unit's file in `run` (its source or its target)."""
+        return files.join(run, *self.name.split("/"))
 
 
 def list_units(source: str, target: str, dirs: RunDirs, skip: set[str]) -> list[Unit]:
@@ -96,40 +173,29 @@ def list_units(source: str, target: str, dirs: RunDirs, skip: set[str]) -> list[
     left alone (the index and the report, made again afterwards; the remove's own files); audits
     (`removed/` folders) are never filtered: they name removed rows on purpose."""
     units: list[Unit] = []
-    covered: set[str] = set()
-    download = os.path.join(source, dirs.download)
+    known: set[str] = set()
+    download = files.join(source, dirs.download)
     for number in sorted(finished_shards(download)):
-        names = [shard_file(dirs.download, number, suffix) for suffix in SHARD_FILES]
-        covered.update(names)
+        names = [relative(shard_file(download, number, suffix), source) for suffix in SHARD_FILES]
+        known.update(names)
         units.append(Unit("shard", names[0], source, target, number, dirs))
-    for part in list_parts(os.path.join(source, dirs.score)):
-        names = [os.path.relpath(path, source) for path in (part.img_emb, part.text_emb, part.metadata)]
-        covered.update(names)
+    for part in list_parts(files.join(source, dirs.score)):
+        names = [relative(path, source) for path in (part.img_emb, part.text_emb, part.metadata)]
+        known.update(names)
         units.append(Unit("part", names[2], source, target, part.number, dirs))
     for name in (KEPT, DUPLICATES):
-        path = os.path.join(dirs.prune, name)
-        if os.path.isfile(os.path.join(source, path)):
-            covered.add(path)
-            units.append(Unit("rows", path, source, target, dirs=dirs))
-    for folder, subfolders, files in os.walk(source):
-        relative_folder = os.path.relpath(folder, source)
-        if _skipped(relative_folder, skip):
-            subfolders[:] = []
+        path = output_path(files.join(source, dirs.prune), name)
+        if files.exists(path):
+            known.add(relative(path, source))
+            units.append(Unit("rows", relative(path, source), source, target, dirs=dirs))
+    for name in run_files(source, known, skip):
+        if name in known:
             continue
-        subfolders.sort()
-        for name in sorted(files):
-            relative = os.path.normpath(os.path.join(relative_folder, name))
-            if relative in covered or _skipped(relative, skip) or name.endswith(".tmp"):
-                continue
-            if name.endswith(".parquet") and REMOVED not in relative.split(os.sep):  # audits keep naming rows
-                units.append(Unit("table", relative, source, target, dirs=dirs))
-            elif os.path.abspath(source) != os.path.abspath(target):
-                units.append(Unit("copy", relative, source, target, dirs=dirs))
+        if name.endswith(".parquet") and REMOVED not in name.split("/"):  # audits keep naming rows
+            units.append(Unit("table", name, source, target, dirs=dirs))
+        elif not same_folder(source, target):
+            units.append(Unit("copy", name, source, target, dirs=dirs))
     return units
-
-
-def _skipped(relative: str, skip: set[str]) -> bool:
-    return any(relative == s or relative.startswith(s + os.sep) for s in skip)
 
 
 # ---------------------------------------------------------------- running one unit
@@ -138,26 +204,23 @@ def _skipped(relative: str, skip: set[str]) -> bool:
 def apply_unit(unit: Unit, removed: frozenset, lists: Blocklists, work: str) -> dict[str, int]:
     """Rewrites one unit (or finishes a crashed rewrite of it); returns what it removed. `work` is
     the remove's progress folder in the target run (staging and done markers)."""
-    done = os.path.join(work, "done", unit.marker + ".json")
-    if os.path.exists(done):
+    done = files.join(work, "done", unit.marker + ".json")
+    if files.exists(done):
         counter(STAGE, "units_already_done").inc()
         return {}
-    staged = os.path.join(work, "staged", unit.marker)
-    moves_file = os.path.join(staged, _MOVES)
-    if not os.path.exists(moves_file):
-        shutil.rmtree(staged, ignore_errors=True)
-        os.makedirs(staged)
+    staged = files.join(work, "staged", unit.marker)
+    journal = files.join(staged, _MOVES)
+    if not files.exists(journal):
+        files.delete(staged)  # what an attempt that died before its journal left
         moves, counts = _BUILDERS[unit.kind](unit, removed, lists, staged)
-        _write_json(moves_file, {"moves": moves, "counts": counts})
-    with open(moves_file) as f:
-        plan = json.load(f)
+        files.write_marker(journal, {"moves": moves, "counts": counts})  # from now on, the unit only moves
+    plan = files.read_marker(journal)
     for name, final in plan["moves"]:  # in order: the file that marks a unit whole goes last
-        path = os.path.join(staged, name)
-        if os.path.exists(path):  # gone: renamed before a crash
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            _move(path, final)
-    _write_json(done, {"kind": unit.kind, "counts": plan["counts"]})
-    shutil.rmtree(staged, ignore_errors=True)
+        path = files.join(staged, name)
+        if files.exists(path):  # gone: renamed before a crash
+            move(path, final)
+    files.write_marker(done, {"kind": unit.kind, "counts": plan["counts"]})
+    files.delete(staged)
     for name, value in plan["counts"].items():
         counter(STAGE, name).inc(value)
     counter(STAGE, f"units_{unit.kind}").inc()
@@ -168,23 +231,13 @@ def totals(work: str) -> dict[str, int]:
     """What every finished unit removed, summed over however many attempts it took (the done
     markers keep each unit's counts), as `remove:` counters."""
     found: dict[str, int] = {}
-    folder = os.path.join(work, "done")
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        with open(os.path.join(folder, name)) as f:
-            marker = json.load(f)
+    for path in files.match(files.join(work, "done", "*.json")):
+        marker = files.read_marker(path)
         if "kind" not in marker:  # not a unit's marker
             continue
         for key, value in {**marker["counts"], f"units_{marker['kind']}": 1}.items():
             found[f"{STAGE}:{key}"] = found.get(f"{STAGE}:{key}", 0) + value
     return dict(sorted(found.items()))
-
-
-def _write_json(path: str, value) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(temporary, path)
 
 
 @functools.lru_cache(maxsize=2)
@@ -202,115 +255,119 @@ def _dropped(keep: pa.Array) -> int:
 
 
 def _stage_of(unit: Unit) -> str:
-    return unit.name.split(os.sep, 1)[0]
+    return unit.name.split("/", 1)[0]
+
+
+def _copy_file(source: str, staged: str) -> None:
+    with files.open_read(source) as f:
+        files.write_atomic(staged, lambda out: shutil.copyfileobj(f, out, 1 << 20))
 
 
 def _copy(unit: Unit, staged: str) -> list[list[str]]:
-    shutil.copyfile(os.path.join(unit.source, unit.name), os.path.join(staged, "file"))
-    return [["file", os.path.join(unit.target, unit.name)]]
+    _copy_file(unit.path(unit.source), files.join(staged, "file"))
+    return [["file", unit.path(unit.target)]]
 
 
 # ---------------------------------------------------------------- the units
 
 
 def _table(unit: Unit, removed: frozenset, lists: Blocklists, staged: str):
-    source = os.path.join(unit.source, unit.name)
-    table = pq.read_table(source)
+    table = read_table(unit.path(unit.source))
     if UID in table.column_names:
         keep = _kept(table[UID], removed)
-    elif {"url", "reason"} <= set(table.column_names):  # an errors table: its rows name a URL, not a pair
+    elif set(ERROR_SCHEMA.names) <= set(table.column_names):  # an errors table: its rows name a URL, not a pair
         keep = pa.array([lists.match_url(url) is None for url in table["url"].to_pylist()], pa.bool_())
     else:
         keep = None
     dropped = 0 if keep is None else _dropped(keep)
     if not dropped:
         return ([] if unit.in_place else _copy(unit, staged)), {}
-    pq.write_table(table.filter(keep), os.path.join(staged, "file"))
-    return [["file", os.path.join(unit.target, unit.name)]], {f"rows_removed_{_stage_of(unit)}": dropped}
+    write_table(files.join(staged, "file"), table.filter(keep))
+    return [["file", unit.path(unit.target)]], {f"rows_removed_{_stage_of(unit)}": dropped}
 
 
 def _tar_members(path: str):
-    """(the member, its sample key, its raw bytes: header(s), data, padding) of every member of a tar."""
-    with open(path, "rb") as raw, tarfile.open(path) as tar:
+    """(the member, its sample key, its raw bytes: header(s), data, padding) of every member of a
+    tar, read in one pass (tarfile goes on from where each member's bytes end)."""
+    with files.open_read(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
         for member in tar:
-            end = member.offset_data + -(-member.size // _TAR_BLOCK) * _TAR_BLOCK
+            end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
             raw.seek(member.offset)
-            yield member, os.path.basename(member.name).split(".", 1)[0], raw.read(end - member.offset)
+            yield member, member.name.rpartition("/")[2].split(".", 1)[0], raw.read(end - member.offset)
 
 
 def _shard(unit: Unit, removed: frozenset, lists: Blocklists, staged: str):
-    paths = {suffix: (shard_file(os.path.join(unit.source, unit.dirs.download), unit.number, suffix),
-                      shard_file(os.path.join(unit.target, unit.dirs.download), unit.number, suffix))
-             for suffix in SHARD_FILES}
-    table = pq.read_table(paths[PARQUET][0])
+    source, target = (files.join(run, unit.dirs.download) for run in (unit.source, unit.target))
+    table = read_shard_table(source, unit.number)
     keep = _kept(table[UID], removed) if UID in table.column_names else pa.array([True] * table.num_rows)
     gone = table.filter(pc.invert(keep))
-    moves = [[f"shard{suffix}", final] for suffix, (_, final) in paths.items()]  # stats last
+    moves = [[f"shard{suffix}", shard_file(target, unit.number, suffix)] for suffix in SHARD_FILES]  # stats last
     if gone.num_rows == 0:
         if unit.in_place:
             return [], {}
-        for suffix, (source, _) in paths.items():
-            shutil.copyfile(source, os.path.join(staged, f"shard{suffix}"))
+        for suffix in SHARD_FILES:
+            _copy_file(shard_file(source, unit.number, suffix), files.join(staged, f"shard{suffix}"))
         return moves, {}
     gone_keys = set(gone[KEY].to_pylist())
-    size = image_bytes = 0
-    with open(os.path.join(staged, "shard.tar"), "wb") as out:
-        for member, key, raw in _tar_members(paths[TAR][0]):
+    written = {"size": 0, "image_bytes": 0}
+
+    def write_tar(out) -> None:
+        for member, key, raw in _tar_members(shard_file(source, unit.number, TAR)):
             if key in gone_keys:
                 continue
             out.write(raw)
-            size += len(raw)
-            image_bytes += member.size if member.name.rpartition(".")[2] not in ("txt", "json") else 0
-        out.write(tar_end(size))
+            written["size"] += len(raw)
+            written["image_bytes"] += member.size if member.name.rpartition(".")[2] not in ("txt", "json") else 0
+        out.write(tar_end(written["size"]))
+
+    files.write_atomic(files.join(staged, f"shard{TAR}"), write_tar)
     kept = table.filter(keep)
-    pq.write_table(kept, os.path.join(staged, "shard.parquet"))
-    with open(paths[STATS][0]) as f:
-        stats = json.load(f)
+    write_table(files.join(staged, f"shard{PARQUET}"), kept)
+    stats = read_stats(source, unit.number)
     statuses = pc.value_counts(kept[STATUS]).to_pylist() if kept.num_rows else []
     counts = dict(sorted((s["values"], s["counts"]) for s in statuses))
     successes_gone = sum(1 for s in gone[STATUS].to_pylist() if s == SUCCESS)
     successes = counts.get(SUCCESS, 0)
+    size = written["size"]
     stats.update(count=kept.num_rows, successes=successes, failures=kept.num_rows - successes, status_counts=counts,
-                 image_bytes=image_bytes, tar_bytes=size + len(tar_end(size)),
+                 image_bytes=written["image_bytes"], tar_bytes=size + len(tar_end(size)),
                  removed_rows=stats.get("removed_rows", 0) + gone.num_rows)
-    _write_json(os.path.join(staged, "shard_stats.json"), stats)
+    files.write_marker(files.join(staged, f"shard{STATS}"), stats)
     return moves, {"rows_removed_download": gone.num_rows, "samples_removed_download": successes_gone}
 
 
 def _part(unit: Unit, removed: frozenset, lists: Blocklists, staged: str):
-    source, target = part_paths(os.path.join(unit.source, unit.dirs.score), unit.number), \
-        part_paths(os.path.join(unit.target, unit.dirs.score), unit.number)
-    metadata = pq.read_table(source.metadata)
+    source = part_paths(files.join(unit.source, unit.dirs.score), unit.number)
+    target = part_paths(files.join(unit.target, unit.dirs.score), unit.number)
+    new = part_paths(staged, unit.number)  # the part, laid out in the staging folder
+    metadata = read_part_metadata(source)
     keep = _kept(metadata[UID], removed)
     dropped = _dropped(keep)
     if not dropped and unit.in_place:
         return [], {}
-    mask = np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)
-    for label, path in ((IMG_EMB, source.img_emb), (TEXT_EMB, source.text_emb)):
-        if not dropped:
-            shutil.copyfile(path, os.path.join(staged, f"{label}.npy"))
-            continue
-        vectors = load_embeddings(path)
-        with open(os.path.join(staged, f"{label}.npy"), "wb") as f:
-            np.save(f, np.asarray(vectors[mask], dtype=EMBEDDING_DTYPE))
-        del vectors
     metadata = metadata.filter(keep)
-    if not unit.in_place and SHARD_COLUMN in metadata.column_names:
+    if not unit.in_place and SHARD in metadata.column_names:
         metadata = _moved_shards(metadata, unit)
-    pq.write_table(metadata, os.path.join(staged, f"{METADATA}.parquet"))
-    moves = [[f"{IMG_EMB}.npy", target.img_emb], [f"{TEXT_EMB}.npy", target.text_emb],
-             [f"{METADATA}.parquet", target.metadata]]  # metadata last: the part exists only once it does
+    if dropped:
+        mask = np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)
+        write_part(staged, unit.number, load_embeddings(source.img_emb)[mask], load_embeddings(source.text_emb)[mask],
+                   metadata)
+    else:  # a copy, nothing removed: the arrays as they are
+        _copy_file(source.img_emb, new.img_emb)
+        _copy_file(source.text_emb, new.text_emb)
+        write_table(new.metadata, metadata)
+    moves = [[relative(new.img_emb, staged), target.img_emb], [relative(new.text_emb, staged), target.text_emb],
+             [relative(new.metadata, staged), target.metadata]]  # metadata last: the part exists only once it does
     return moves, ({"rows_removed_score": dropped} if dropped else {})
 
 
 def _moved_shards(metadata: pa.Table, unit: Unit) -> pa.Table:
     """The `shard` column of a cleaned copy points at the copy's download tars."""
-    old = os.path.abspath(os.path.join(unit.source, unit.dirs.download)) + os.sep
-    new = os.path.abspath(os.path.join(unit.target, unit.dirs.download)) + os.sep
+    old, new = (normalised(files.join(run, unit.dirs.download)) + "/" for run in (unit.source, unit.target))
     paths = [new + path[len(old):] if path and path.startswith(old) else path
-             for path in metadata[SHARD_COLUMN].to_pylist()]
-    at = metadata.column_names.index(SHARD_COLUMN)
-    return metadata.set_column(at, metadata.schema.field(SHARD_COLUMN), pa.array(paths, pa.string()))
+             for path in metadata[SHARD].to_pylist()]
+    at = metadata.column_names.index(SHARD)
+    return metadata.set_column(at, metadata.schema.field(SHARD), pa.array(paths, pa.string()))
 
 
 def new_rows(score_dir: str, parts: set[int], removed: frozenset) -> dict[int, dict[str, int]]:
@@ -318,14 +375,14 @@ def new_rows(score_dir: str, parts: set[int], removed: frozenset) -> dict[int, d
     rewritten yet or not (the removed uids are filtered out either way)."""
     positions = {}
     for number in sorted(parts):
-        path = part_paths(score_dir, number).metadata
-        uids = pq.read_table(path, columns=[UID]).column(UID).to_pylist() if os.path.exists(path) else []
+        part = part_paths(score_dir, number)
+        uids = read_part_metadata(part, [UID]).column(UID).to_pylist() if files.exists(part.metadata) else []
         positions[number] = {uid: row for row, uid in enumerate(u for u in uids if u not in removed)}
     return positions
 
 
 def _rows(unit: Unit, removed: frozenset, lists: Blocklists, staged: str):
-    original = table = pq.read_table(os.path.join(unit.source, unit.name))
+    original = table = read_table(unit.path(unit.source))
     if table.num_rows == 0:
         return ([] if unit.in_place else _copy(unit, staged)), {}
     if UID not in table.column_names or "part" not in table.column_names:  # cannot tell its rows apart
@@ -337,7 +394,7 @@ def _rows(unit: Unit, removed: frozenset, lists: Blocklists, staged: str):
     duplicate_of = "duplicate_of_uid" in table.column_names and "duplicate_of_part" in table.column_names
     if duplicate_of:
         parts |= {p for p in table["duplicate_of_part"].to_pylist() if p is not None}
-    positions = new_rows(os.path.join(unit.source, unit.dirs.score), parts, removed)
+    positions = new_rows(files.join(unit.source, unit.dirs.score), parts, removed)
     rows = [positions[p].get(u, r) for p, u, r in zip(table["part"].to_pylist(), table[UID].to_pylist(),
                                                       table["row"].to_pylist())]
     table = table.set_column(table.column_names.index("row"), table.schema.field("row"), pa.array(rows, pa.int64()))
@@ -354,8 +411,8 @@ def _rows(unit: Unit, removed: frozenset, lists: Blocklists, staged: str):
             table = table.set_column(table.column_names.index(name), field, pa.array(values, field.type))
     if table.equals(original):  # nothing it names was removed
         return ([] if unit.in_place else _copy(unit, staged)), {}
-    pq.write_table(table, os.path.join(staged, "file"))
-    return [["file", os.path.join(unit.target, unit.name)]], ({"rows_removed_prune": dropped} if dropped else {})
+    write_table(files.join(staged, "file"), table)
+    return [["file", unit.path(unit.target)]], ({"rows_removed_prune": dropped} if dropped else {})
 
 
 _BUILDERS = {"table": _table, "shard": _shard, "part": _part, "rows": _rows,

@@ -8,13 +8,12 @@ A plan an earlier, interrupted attempt wrote is used as it is: its rows may alre
 the files, so scanning again would miss them.
 """
 
-import os
-
 import apache_beam as beam
-import pyarrow.parquet as pq
 
+from crawl2clip.transforms import files
 from crawl2clip.transforms.consent.blocklists import BlocklistSettings, ListSpec, counter_name, load_blocklists
 from crawl2clip.transforms.errors import counter
+from crawl2clip.transforms.tables import read_table
 from crawl2clip.transforms.remove.find import STAGE, first_match, listed_images, listed_rows, read_plan_uids, write_plan
 from crawl2clip.transforms.remove.rewrite import Unit, apply_unit
 from crawl2clip.transforms.schema import UID
@@ -33,7 +32,7 @@ class _FindListedRows(beam.DoFn):
 
 
 def _count_plan(path: str) -> str:
-    for reason in pq.read_table(path, columns=["reason"]).column("reason").to_pylist():
+    for reason in read_table(path, columns=["reason"]).column("reason").to_pylist():
         counter(STAGE, counter_name(reason)).inc()
     return path
 
@@ -73,7 +72,7 @@ class RemoveListedRows(beam.PTransform):
         self.settings = settings
 
     def expand(self, pbegin):
-        if os.path.exists(self.plan_path):
+        if files.exists(self.plan_path):
             plan = (pbegin
                     | "PlanOfAnEarlierAttempt" >> beam.Create([self.plan_path])
                     | "CountPlan" >> beam.Map(_count_plan))
