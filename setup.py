@@ -87,7 +87,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "selectolax>=1.0", "requests>=2.31", "selenium>=4.20",
-                 "scikit-learn>=1.4"],
+                 "scikit-learn>=1.4", "kubernetes-validate>=1.37"],
         "aws": ["apache-beam[aws]==2.62.0"],
         "gcp": ["apache-beam[gcp]==2.62.0"],
     },

@@ -77,8 +77,9 @@ def flex_template_metadata() -> dict:
         parameters.append(parameter)
     return {
         "name": "crawl2clip",
-        "description": "Common Crawl to CLIP training data: extract (image URL, alt text) candidates "
-                       "from WARC/ARC/WAT archives, deduplicated, as parquet.",
+        "description": "Common Crawl to CLIP training data: (image URL, alt text) candidates from "
+                       "WARC/ARC/WAT archives, language split, image download, CLIP scoring and content "
+                       "tags, SemDeDup + DBP pruning.",
         "parameters": parameters,
     }
 
