@@ -4,6 +4,7 @@
 #
 #   deploy/cluster.sh install                       # Flink/Spark via pip --target, job-server and HDFS jars via Maven
 #   deploy/cluster.sh flink start [--taskmanagers N] [--slots N]
+#   deploy/cluster.sh flink revive                  # restart TaskManagers that died, as a supervisor would
 #   deploy/cluster.sh spark start [--cores N] [--memory 2g]
 #   deploy/cluster.sh hdfs start
 #   deploy/cluster.sh flink|spark|hdfs stop|status|args [--per-pipeline]
@@ -38,6 +39,8 @@ FLINK_ARTIFACT_PORT="${FLINK_ARTIFACT_PORT:-8098}"
 # (32768-60999), where any outgoing connection may hold them (busy WebHDFS traffic did) and the
 # pool then cannot bind.
 FLINK_WORKER_POOL_PORT="${FLINK_WORKER_POOL_PORT:-8097}"
+FLINK_RESTART_ATTEMPTS="${FLINK_RESTART_ATTEMPTS:-5}"       # a failed job's restarts ...
+FLINK_RESTART_DELAY="${FLINK_RESTART_DELAY:-5 s}"          # ... and the wait before each
 FLINK_TASKMANAGERS="${FLINK_TASKMANAGERS:-1}"
 FLINK_SLOTS="${FLINK_SLOTS:-2}"
 FLINK_JM_MEMORY="${FLINK_JM_MEMORY:-1024m}"
@@ -195,11 +198,13 @@ proc_start_time() {  # field 22 of /proc/PID/stat (clock ticks after boot); comm
   stat="${stat##*) }"; awk '{print $20}' <<<"$stat"
 }
 
-pid_alive() {  # pid_alive PIDFILE -> 0 if the recorded process still runs
+pid_alive() {  # pid_alive PIDFILE -> 0 if the recorded process still runs (a zombie does not:
+  # where PID 1 reaps no orphans, as in some containers, a killed process stays one)
   local f="$1" pid st
   [[ -f "$f" ]] || return 1
   read -r pid st <"$f" || return 1
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && [[ "$(proc_start_time "$pid")" == "$st" ]]
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && [[ "$(proc_start_time "$pid")" == "$st" ]] &&
+    [[ "$(ps -o stat= -p "$pid" 2>/dev/null)" != Z* ]]
 }
 
 group_members() {  # live (non-zombie) pids in process group $1
@@ -369,6 +374,13 @@ jobmanager:
       size: $FLINK_JM_MEMORY
   execution:
     failover-strategy: region
+# A job whose TaskManager dies is restarted (finished download shards and scoring parts are
+# skipped on the new attempt: each is committed whole, behind its done marker).
+restart-strategy:
+  type: fixed-delay
+  fixed-delay:
+    attempts: $FLINK_RESTART_ATTEMPTS
+    delay: $FLINK_RESTART_DELAY
 taskmanager:
   bind-host: $HOST
   host: $HOST
@@ -474,6 +486,23 @@ cmd_flink_start() {
   log "flink ready in $((SECONDS - t0))s: $FLINK_TASKMANAGERS TaskManager(s) x $FLINK_SLOTS slot(s), web UI http://$HOST:$FLINK_REST_PORT"
   echo "PIPELINE_ARGS=$(flink_flags)"
   echo "PIPELINE_ARGS_PER_PIPELINE_JOB_SERVER=$(flink_flags --per-pipeline)"
+}
+
+cmd_flink_revive() {  # starts again each TaskManager whose process died (Kubernetes restarts its pod)
+  [[ -f "$RUN/flink.env" ]] || die "flink is not running: 'deploy/cluster.sh flink start' first"
+  find_java
+  export FLINK_CONF_DIR="$RUN/flink-conf" FLINK_LOG_DIR="$LOGS" FLINK_PID_DIR="$RUN/flink-pids"
+  export FLINK_IDENT_STRING=crawl2clip
+  local f name revived=0
+  for f in "$RUN"/flink-taskmanager-*.pid; do
+    [[ -e "$f" ]] || continue
+    pid_alive "$f" && continue
+    name="$(basename "$f" .pid)"
+    kill_pidfile "$f"  # whatever is left of its process group
+    spawn "$name" "$LOGS/$name.out" "$FLINK_HOME/bin/taskmanager.sh" start-foreground
+    revived=$((revived + 1))
+  done
+  log "flink: $revived TaskManager(s) started again"
 }
 
 # ================================ Spark ========================================================
@@ -650,6 +679,7 @@ main() {
       local c="$1"; [[ $# -ge 2 ]] || usage
       case "$2" in
         start) shift 2; "cmd_${c}_start" "$@" ;;
+        revive) [[ "$c" == flink ]] || usage; cmd_flink_revive ;;
         stop) cmd_stop "$c" ;;
         status) cmd_status "$c" ;;
         args) shift 2; if [[ "$c" == flink ]]; then flink_flags "$@"; else "${c}_flags"; fi ;;

@@ -5,7 +5,7 @@
     crawl2clip score --input DOWNLOAD_DIR --output DIR [options]      # CLIP embeddings, similarity, tags
     crawl2clip prune --input SCORE_DIR --output DIR --keep-fraction F   # SemDeDup + DBP -> kept.parquet
     crawl2clip prune-apply --kept DIR/kept.parquet --input SCORE_DIR --output PRUNED_DIR [--shards DOWNLOAD_DIR]
-    crawl2clip index --embeddings SCORE_DIR --output INDEX_DIR [--max-memory 4GB] [options]
+    crawl2clip index --input SCORE_DIR --output INDEX_DIR [--max-memory 4GB] [options]
     crawl2clip serve INDEX_DIR [--host 127.0.0.1 --port 8765]   # search API + web page
     crawl2clip subset --index INDEX_DIR (--query TEXT ... | --filter EXPR ...) --output FILE.parquet
     crawl2clip train-head --embeddings SCORE_DIR_or_.npy --labels PARQUET --label-column COL --output HEAD.npz
@@ -32,13 +32,16 @@ import sys
 import tempfile
 import time
 
+from apache_beam.options.pipeline_options import PipelineOptions
+
 from crawl2clip.pipelines.config import ConfigError, expand_config_flag
 from crawl2clip.pipelines.download import build_download
 from crawl2clip.pipelines.extract import build_extract, input_patterns
+from crawl2clip.pipelines.filesystem_flags import add_filesystem_flags, use_filesystems
 from crawl2clip.pipelines.flags import FlagError, check_flags
 from crawl2clip.pipelines.options import Crawl2ClipOptions, output_flag_to_output_dir
 from crawl2clip.pipelines.progress import ProgressDisplay
-from crawl2clip.pipelines.run import PipelineFailed, run_pipeline, with_default_runner
+from crawl2clip.pipelines.run import METRICS_FILE, PipelineFailed, run_built, run_pipeline, with_default_runner
 from crawl2clip.pipelines.replay import replay_proxy
 from crawl2clip.pipelines.resume import finished_work
 from crawl2clip.pipelines.sample_crawl import write_sample_crawl
@@ -194,15 +197,17 @@ _PRUNE_DESCRIPTION = ("Prune a scoring output: SemDeDup (near-duplicates), then 
 
 
 def _prune_outputs(out: str) -> dict[str, str]:
-    return {"Kept ids": os.path.join(out, "kept.parquet"),
-            "Clusters": os.path.join(out, "clusters.parquet") + ", " + os.path.join(out, "complexity_vs_keep_rate.png"),
-            "Duplicates": os.path.join(out, "duplicates.parquet"),
-            "Summary": os.path.join(out, "prune.json")}
+    from crawl2clip.transforms.prune.outputs import CLUSTERS, DUPLICATES, KEPT, PLOT, SUMMARY, output_path
+    return {"Kept ids": output_path(out, KEPT),
+            "Clusters": output_path(out, CLUSTERS) + ", " + output_path(out, PLOT),
+            "Duplicates": output_path(out, DUPLICATES),
+            "Summary": output_path(out, SUMMARY)}
 
 
 def prune(argv: list[str]) -> int:
     # Imported here: faiss and matplotlib are only needed by the prune commands.
-    from crawl2clip.pipelines.prune import build_prune, prune_single_machine
+    from crawl2clip.pipelines.prune import build_prune
+    from crawl2clip.transforms.prune.single_machine import prune_single_machine
 
     def execute(options, stage: Crawl2ClipOptions) -> dict:
         if not stage.prune_single_machine:
@@ -264,16 +269,21 @@ def demo(argv: list[str]) -> int:
         parser.error(str(exc))
     if args.pages < 1:
         parser.error("--pages must be >= 1")
-    if problem := output_problem(args.output):
-        parser.error(problem)
-    crawl = os.path.join(args.output, "sample-crawl.warc.gz")
-    summary = write_sample_crawl(crawl, pages=args.pages)
-    print(f"Sample crawl: {crawl} ({summary['pages']} pages, {summary['pictures']} pictures, "
-          f"{summary['records']} records)")
-    with replay_proxy(crawl, max_requests=100_000) as (proxy, _):
-        print(f"Replaying its responses at {proxy} (the --proxy of the download stage)")
-        return run_end_to_end(["--input", crawl, "--output", os.path.join(args.output, "run"), "--proxy", proxy,
-                               *DEMO_FLAGS, *run_args])
+    files.configure(PipelineOptions(run_args))  # an hdfs:// or s3:// --output: its flags are among run's
+    if problem := output_problem(args.output) or files.unreachable(args.output):
+        parser.error(problem if problem.startswith("--output") else f"--output {args.output}: {problem}")
+    with tempfile.TemporaryDirectory() as scratch:
+        # The proxy replays a local copy; the run reads the crawl where --output is (a cluster's workers too).
+        local_crawl = os.path.join(args.output if files.is_local(args.output) else scratch, "sample-crawl.warc.gz")
+        summary = write_sample_crawl(local_crawl, pages=args.pages)
+        crawl = local_crawl if files.is_local(args.output) else \
+            files.upload(local_crawl, files.join(args.output, "sample-crawl.warc.gz"))
+        print(f"Sample crawl: {crawl} ({summary['pages']} pages, {summary['pictures']} pictures, "
+              f"{summary['records']} records)")
+        with replay_proxy(local_crawl, max_requests=100_000) as (proxy, _):
+            print(f"Replaying its responses at {proxy} (the --proxy of the download stage)")
+            return run_end_to_end(["--input", crawl, "--output", files.join(args.output, "run"), "--proxy", proxy,
+                                   *DEMO_FLAGS, *run_args])
 
 
 def sample_crawl(argv: list[str]) -> int:
@@ -331,8 +341,11 @@ def report(argv: list[str]) -> int:
                                      description="Write DIR/report.json and DIR/report.html (funnel, histograms, "
                                                  "errors, throughput, samples) from a run's folders.")
     parser.add_argument("run_dir", metavar="DIR", help="the --output of crawl2clip run (extract/, download/, ...)")
+    add_filesystem_flags(parser)
     args = parser.parse_args(argv)
-    if not os.path.isdir(args.run_dir):
+    if problem := use_filesystems(args, {"DIR": args.run_dir}):
+        parser.error(problem)
+    if not files.exists(args.run_dir):
         print(f"crawl2clip report: {args.run_dir}: no such folder", file=sys.stderr)
         return 2
     from crawl2clip.pipelines.report import write_report
@@ -353,6 +366,7 @@ def run_template(argv: list[str]) -> int:
     except FlagError as exc:
         parser.error(str(exc))
     # Imported here: Beam YAML's providers are slow to import and only this command needs them.
+    import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.yaml import yaml_transform
 
@@ -366,12 +380,19 @@ def run_template(argv: list[str]) -> int:
         return 2
     options = PipelineOptions(with_default_runner(beam_args), pickle_library="cloudpickle",
                               **yaml_transform.SafeLineLoader.strip_metadata(spec.get("options", {})))
+    files.configure(options)  # before the template's transforms touch hdfs://, s3://, ...
+    pipeline = beam.Pipeline(options=options)
     try:
-        report = run_pipeline(options, lambda p: yaml_transform.expand_pipeline(p, spec), variables["output"])
+        yaml_transform.expand_pipeline(pipeline, spec)
+    except ValueError as exc:  # a config key or value no stage takes, an unknown model: before any work
+        print(f"crawl2clip run: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = run_built(pipeline, variables["output"])
     except PipelineFailed as exc:
         print(f"crawl2clip run: {exc}", file=sys.stderr)
         return 1
-    _print_report(report, _extract_outputs(variables["output"]))
+    _print_report(report, {"Output": variables["output"], "Metrics": files.join(variables["output"], METRICS_FILE)})
     return 0
 
 

@@ -21,6 +21,7 @@ from crawl2clip.transforms.consent.blocklists import (
 from crawl2clip.transforms.download.client import FetchOptions, proxy_url_problem
 from crawl2clip.transforms.download.images import OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
 from crawl2clip.transforms.download.shards import finished_shards
+from crawl2clip.transforms.embeddings import METADATA, list_parts
 from crawl2clip.transforms.extract.rules import ExtractionRules
 from crawl2clip.transforms.index.choice import EXACT_MAX_ROWS, parse_memory
 from crawl2clip.transforms.language import DEFAULT_THRESHOLD
@@ -42,10 +43,6 @@ _DEFAULT_PRUNE = PruneSettings()
 _CLIP_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # what models/clip.py runs on
 
 RUN_STAGES = ("extract", "download", "score", "prune")  # crawl2clip run's stages, in order
-# The stages whose every file goes through transforms/files.py, so their folders may be on any
-# Beam filesystem (hdfs://, s3://, gs://); the others read and write local folders only, for now.
-ANY_FILESYSTEM_STAGES = ("extract", "download")
-_LOCAL_ONLY = "reads and writes local folders only, for now"
 # The options that name files or folders, as users type them: checked for a reachable filesystem.
 _PATH_FLAGS = {"input": "--input", "output_dir": "--output", "retry_failed": "--retry-failed",
                "input_list": "--input-list", "dataset": "--dataset", "embeddings": "--embeddings",
@@ -227,7 +224,7 @@ class Crawl2ClipOptions(PipelineOptions):
 
         # index (crawl2clip index: SCORE_DIR embeddings -> INDEX_DIR for crawl2clip serve)
         _add(parser, "embeddings", default=None, metavar="SCORE_DIR",
-             help="The scoring stage's output (img_emb/, text_emb/, metadata/) to index.")
+             help="The scoring stage's output (img_emb/, text_emb/, metadata/) to index (or --input SCORE_DIR).")
         _add(parser, "max-memory", default="4GB", metavar="SIZE",
              help="RAM the faiss index may use (e.g. 4GB, 512MB): picks exact or IVF+HNSW+PQ "
                   "and the PQ code size, as autofaiss does.")
@@ -287,21 +284,11 @@ class Crawl2ClipOptions(PipelineOptions):
         _add(parser, "shards", default=None, metavar="DOWNLOAD_DIR",
              help="prune-apply: also write pruned copies of the webdataset shards found here.")
 
-    def local_folders_only(self, stage: str) -> list[str]:
-        """The folders of a stage that does not write through transforms/files.py yet, given on
-        another filesystem: refused before any work rather than failing midway."""
-        flags = {"--input": (self.input or [None])[0], "--output": self.output_dir, "--embeddings": self.embeddings,
-                 "--kept": self.kept, "--shards": self.shards}
-        return [f"{flag} {path}: the {stage} stage {_LOCAL_ONLY}" for flag, path in flags.items()
-                if path and not files.is_local(path)]
-
     def validate_score(self) -> list[str]:
-        if problems := self.local_folders_only("score"):
-            return problems
         problems = []
         if not self.input or len(self.input) != 1:
             problems.append("give --input DOWNLOAD_DIR (one folder of the download stage)")
-        elif not os.path.isdir(self.input[0]):
+        elif not files.exists(self.input[0]):
             problems.append(f"--input {self.input[0]}: no such folder")
         if not self.output_dir:
             problems.append("give --output DIR")
@@ -341,7 +328,7 @@ class Crawl2ClipOptions(PipelineOptions):
         problems = []
         if not self.dataset:
             problems.append("give --dataset DIR (a finished crawl2clip run folder)")
-        elif not os.path.isdir(self.dataset):
+        elif not files.exists(self.dataset):
             problems.append(f"--dataset {self.dataset}: no such folder")
         if not self.blocklist:
             problems.append("give --blocklist [KIND:]FILE")
@@ -363,21 +350,18 @@ class Crawl2ClipOptions(PipelineOptions):
         last = RUN_STAGES.index(self.stop_after) if self.stop_after else len(RUN_STAGES) - 1
         return [stage for stage in RUN_STAGES[: last + 1] if stage != "prune" or self.prune]
 
-    def validate_run(self) -> list[str]:
-        """The whole pipeline: extract's input rules, every later stage's settings (their inputs
-        are the previous stage's folders under --output), and an --output every stage can write."""
-        stages = self.run_stages()
-        later = [*(self.validate_download() if "download" in stages else []),
-                 *(self.validate_score() if "score" in stages else []),
-                 *(self.validate_prune() if "prune" in stages else [])]
+    def stage_settings_problems(self, stage: str) -> list[str]:
+        """A download, score or prune stage's problems but those of its input folder: in `run`
+        and in templates, that folder is the previous stage's output, not written yet."""
+        validate = {"download": self.validate_download, "score": self.validate_score, "prune": self.validate_prune}
         stage_inputs = ("give --input", "--input ", "give either --input")
-        problems = self.validate_extract() + [p for p in later if not p.startswith(stage_inputs) and _LOCAL_ONLY not in p]
-        local_only = [stage for stage in stages if stage not in ANY_FILESYSTEM_STAGES]
-        if self.output_dir and not files.is_local(self.output_dir) and local_only:
-            problems.append(f"--output {self.output_dir}: the {' and '.join(local_only)} stage"
-                            f"{'s' if len(local_only) > 1 else ''} cannot write there yet (only "
-                            f"{' and '.join(ANY_FILESYSTEM_STAGES)} read and write hdfs://, s3://, gs://); "
-                            f"give --stop-after {ANY_FILESYSTEM_STAGES[-1]}, or a local --output")
+        return [p for p in validate[stage]() if not p.startswith(stage_inputs)]
+
+    def validate_run(self) -> list[str]:
+        """The whole pipeline: extract's input rules and every later stage's settings (their
+        inputs are the previous stage's folders under --output)."""
+        stages = self.run_stages()
+        problems = self.validate_extract() + [p for stage in stages[1:] for p in self.stage_settings_problems(stage)]
         return list(dict.fromkeys(problems))
 
     def filesystem_problems(self) -> list[str]:
@@ -457,14 +441,22 @@ class Crawl2ClipOptions(PipelineOptions):
             problems.append(f"--input-list {self.input_list}: no such file")
         return problems + blocklist_problems(self.blocklist_settings())
 
+    def index_source(self) -> str | None:
+        """The index stage's scoring output: --input SCORE_DIR, as every stage names its input
+        (--embeddings SCORE_DIR is the older spelling)."""
+        return self.embeddings or (self.input[0] if self.input and len(self.input) == 1 else None)
+
     def validate_index(self) -> list[str]:
-        if problems := self.local_folders_only("index"):
-            return problems
         problems = []
-        if not self.embeddings:
-            problems.append("give --embeddings SCORE_DIR")
-        elif not os.path.isdir(os.path.join(self.embeddings, "metadata")):
-            problems.append(f"--embeddings {self.embeddings}: no metadata/ folder (not a scoring output)")
+        source, flag = self.index_source(), "--embeddings" if self.embeddings else "--input"
+        if self.embeddings and self.input:
+            problems.append("give --input SCORE_DIR or --embeddings SCORE_DIR, not both")
+        elif self.input and len(self.input) != 1:
+            problems.append("give --input SCORE_DIR (one scoring output folder)")
+        elif not source:
+            problems.append("give --input SCORE_DIR (or --embeddings SCORE_DIR)")
+        elif not files.exists(files.join(source, METADATA)):
+            problems.append(f"{flag} {source}: no {METADATA}/ folder (not a scoring output)")
         if not self.output_dir:
             problems.append("give --output INDEX_DIR")
         try:
@@ -499,13 +491,11 @@ class Crawl2ClipOptions(PipelineOptions):
     def _validate_score_dir(self) -> list[str]:
         if not self.input or len(self.input) != 1:
             return ["give --input SCORE_DIR (one scoring output folder)"]
-        if not os.path.isdir(os.path.join(self.input[0], "metadata")):
-            return [f"--input {self.input[0]}: no metadata/ folder (not a scoring output)"]
+        if not (files.exists(files.join(self.input[0], METADATA)) or list_parts(self.input[0])):
+            return [f"--input {self.input[0]}: no {METADATA}/ folder (not a scoring output)"]
         return []
 
     def validate_prune(self) -> list[str]:
-        if problems := self.local_folders_only("prune"):
-            return problems
         problems = self._validate_score_dir()
         if not self.output_dir:
             problems.append("give --output DIR")
@@ -514,15 +504,13 @@ class Crawl2ClipOptions(PipelineOptions):
         return problems + self.prune_settings().problems()
 
     def validate_prune_apply(self) -> list[str]:
-        if problems := self.local_folders_only("prune-apply"):
-            return problems
         problems = self._validate_score_dir()
         if not self.output_dir:
             problems.append("give --output PRUNED_DIR")
         if not self.kept:
             problems.append("give --kept KEPT_PARQUET (a prune run's kept.parquet)")
-        elif not os.path.isfile(self.kept):
+        elif not files.exists(self.kept):
             problems.append(f"--kept {self.kept}: no such file")
-        if self.shards and not os.path.isdir(self.shards):
+        if self.shards and not files.exists(self.shards):
             problems.append(f"--shards {self.shards}: no such folder")
         return problems

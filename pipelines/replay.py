@@ -2,10 +2,13 @@
 the responses stored in a WARC, byte for byte, and 404 for anything the archive lacks.
 
 The demo downloads its sample crawl's images through it (`--proxy`), and the tests replay real
-archives with it, so no request leaves the machine. Bound to 127.0.0.1, bounded in requests."""
+archives with it, so no request leaves the machine. Bound to 127.0.0.1, bounded in requests.
+`latency` holds each answer back that long (a far server: benchmarks, and tests that act while
+downloads are under way); `requested` lists each request as it arrives."""
 
 import contextlib
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from fastwarc.warc import ArchiveIterator
@@ -23,7 +26,7 @@ def archived_responses(warc_path: str) -> dict[str, tuple[int, list[tuple[str, s
 
 
 @contextlib.contextmanager
-def replay_proxy(warc_path: str, max_requests: int = 2000):
+def replay_proxy(warc_path: str, max_requests: int = 2000, latency: float = 0.0):
     responses = archived_responses(warc_path)
     requested: list[str] = []
 
@@ -33,6 +36,8 @@ def replay_proxy(warc_path: str, max_requests: int = 2000):
             if len(requested) > max_requests:
                 self.send_error(503)
                 return
+            if latency:
+                time.sleep(latency)
             status, headers, body = responses.get(self.path, (404, [("Content-Type", "text/plain")], b"not archived"))
             self.send_response(status)
             for name, value in headers:

@@ -15,6 +15,7 @@ from crawl2clip.transforms import files
 
 _LOG = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
+_SYSTEM_METRICS = ("beam:metric:", ":beam:metric:")  # Beam's own, with or without a namespace
 
 
 class PipelineFailed(RuntimeError):
@@ -31,11 +32,15 @@ def with_default_runner(argv: list[str]) -> list[str]:
 
 def counters(result) -> dict[str, int]:
     """'namespace:name' -> value, summed over the steps that share a counter. Committed values
-    where the runner has them, attempted ones otherwise (portable runners report only those)."""
+    where the runner has them, attempted ones otherwise (portable runners report only those).
+    The runner's own system metrics (Flink reports element counts, bundle times) are left out:
+    the same run counts the same on every runner."""
     totals: dict[str, int] = {}
     for metric in result.metrics().query(MetricsFilter())["counters"]:
         value = metric.committed if metric.committed is not None else metric.attempted
         key = f"{metric.key.metric.namespace}:{metric.key.metric.name}"
+        if key.startswith(_SYSTEM_METRICS):
+            continue
         totals[key] = totals.get(key, 0) + int(value or 0)
     return dict(sorted(totals.items()))
 
@@ -53,12 +58,13 @@ def run_pipeline(options: PipelineOptions, build: Callable[[beam.Pipeline], None
 def run_built(pipeline: beam.Pipeline, report_dir: str, carried: dict[str, int] | None = None) -> dict:
     """Runs a pipeline built earlier, as `run_pipeline` does."""
     started = time.time()
+    runner = pipeline.options.view_as(StandardOptions).runner  # portable runners clear it when the job starts
     result = pipeline.run()
     state = result.wait_until_finish()
     if state != PipelineState.DONE:
         raise PipelineFailed(f"the pipeline ended in state {state}")
     report = {
-        "runner": pipeline.options.view_as(StandardOptions).runner,
+        "runner": runner,
         "seconds": round(time.time() - started, 3),
         "counters": counters(result),
     }

@@ -1,7 +1,7 @@
 """Fail fast on a remote filesystem that cannot be used: an hdfs:// or s3:// input or output whose
 options are missing or whose server does not answer stops the command before any job is built,
-with a message naming the options (transforms/files.py `unreachable`, options.filesystem_problems).
-And `crawl2clip run` refuses a remote --output for stages that write local folders only."""
+with a message naming the options (transforms/files.py `unreachable`, options.filesystem_problems),
+for every stage: each one reads and writes any Beam filesystem."""
 
 import socket
 import time
@@ -84,31 +84,25 @@ def test_local_paths_are_not_probed():
     assert files.unreachable("file:///no/such/folder") is None
 
 
-def test_run_refuses_a_remote_output_for_the_stages_that_write_local_folders_only():
-    options = Crawl2ClipOptions(["--input", "crawl.warc.gz", "--output-dir", "hdfs://data/run"])
-    assert options.run_stages() == ["extract", "download", "score"]
-    (problem,) = options.validate_run()
-    assert problem == ("--output hdfs://data/run: the score stage cannot write there yet (only extract and "
-                       "download read and write hdfs://, s3://, gs://); give --stop-after download, or a local --output")
+def test_run_takes_a_remote_output_for_every_stage():
     options = Crawl2ClipOptions(["--input", "crawl.warc.gz", "--output-dir", "hdfs://data/run", "--prune",
                                  "--keep-fraction", "0.5"])
-    assert "the score and prune stages cannot write there yet" in options.validate_run()[0]
-    options = Crawl2ClipOptions(["--input", "crawl.warc.gz", "--output-dir", "hdfs://data/run", "--stop-after",
-                                 "download", "--prune"])
-    assert options.run_stages() == ["extract", "download"]
+    assert options.run_stages() == ["extract", "download", "score", "prune"]
     assert options.validate_run() == []
-    local = Crawl2ClipOptions(["--input", "crawl.warc.gz", "--output-dir", "/data/run", "--stop-after", "extract"])
-    assert local.run_stages() == ["extract"] and local.validate_run() == []
 
 
-@pytest.mark.parametrize("flags, validate, expected", [
-    (["--input", "hdfs://data/download", "--output-dir", "/tmp/score"], Crawl2ClipOptions.validate_score,
-     "--input hdfs://data/download: the score stage reads and writes local folders only, for now"),
-    (["--input", "/tmp/score", "--output-dir", "s3://bucket/prune", "--keep-fraction", "0.5"],
-     Crawl2ClipOptions.validate_prune, "--output s3://bucket/prune: the prune stage reads and writes local folders "
-                                       "only, for now"),
-    (["--embeddings", "hdfs://data/score", "--output-dir", "/tmp/index"], Crawl2ClipOptions.validate_index,
-     "--embeddings hdfs://data/score: the index stage reads and writes local folders only, for now"),
+@pytest.mark.parametrize("argv, expected", [
+    (["score", "--input", "hdfs://data/download", "--output", "OUT"], "--input hdfs://data/download: give --hdfs_host"),
+    (["prune", "--input", "hdfs://data/score", "--output", "OUT", "--keep-fraction", "0.5"],
+     "--input hdfs://data/score: give --hdfs_host"),
+    (["index", "--input", "hdfs://data/score", "--output", "OUT"], "--input hdfs://data/score: give --hdfs_host"),
+    (["prune-apply", "--input", "hdfs://data/score", "--kept", "hdfs://data/prune/kept.parquet", "--output", "OUT"],
+     "--input hdfs://data/score: give --hdfs_host"),
+    (["run", "--input", "crawl.warc.gz", "--output", "hdfs://data/run", "--prune"],
+     "--output hdfs://data/run: give --hdfs_host"),
 ])
-def test_stages_that_write_local_folders_only_refuse_other_filesystems(flags, validate, expected):
-    assert validate(Crawl2ClipOptions(flags)) == [expected]
+def test_every_stage_names_the_missing_filesystem_options_before_any_work(argv, expected, tmp_path, capsys):
+    output = tmp_path / "out"
+    err = refused([str(output) if arg == "OUT" else arg for arg in argv], capsys)
+    assert expected + ", --hdfs_port, --hdfs_user" in err
+    assert not output.exists()

@@ -19,12 +19,22 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import create_runner
+
 from crawl2clip.pipelines.cli import main
+from crawl2clip.pipelines.end_to_end import SUCCESS_FILE, run_end_to_end
+from crawl2clip.pipelines.options import Crawl2ClipOptions
+from crawl2clip.pipelines.prune import build_prune, build_prune_single_machine, prune_builder
 from crawl2clip.pipelines.replay import replay_proxy
 from crawl2clip.pipelines.resume import finished_work
 from crawl2clip.pipelines.sample_crawl import write_sample_crawl
+from crawl2clip.transforms import files
 from crawl2clip.transforms.embeddings import list_parts, load_embeddings, read_metadata
+from crawl2clip.transforms.prune.outputs import CLUSTERS, DUPLICATES, KEPT, read_summary
+from crawl2clip.transforms.score.settings import EN
 from tests.browser import chromium_page
+from tests.score_fixtures import scene_pairs, write_download_shard
 
 # Tiny images, all of them kept (some book covers are under the default --min-image-bytes), every
 # pair scored (books against a model trained on rendered shapes score low), a small prune (19 unique
@@ -111,8 +121,65 @@ def test_stages_run_one_by_one_give_the_same_output(books, combined_run, tmp_pat
     a, b = read_metadata(score_dir), read_metadata(os.path.join(combined_run, "score"))
     assert a.column("uid").to_pylist() == b.column("uid").to_pylist()
     assert a.column("similarity").to_pylist() == pytest.approx(b.column("similarity").to_pylist(), abs=1e-5)
-    assert sorted(pq.read_table(os.path.join(prune_dir, "kept.parquet")).column("uid").to_pylist()) == \
-        sorted(pq.read_table(os.path.join(combined_run, "prune", "kept.parquet")).column("uid").to_pylist())
+    # run's prune on DirectRunner (the single-machine step) and `crawl2clip prune` (Beam): the same rows
+    for name in (KEPT, DUPLICATES, CLUSTERS):
+        assert pq.read_table(os.path.join(prune_dir, name)).equals(
+            pq.read_table(os.path.join(combined_run, "prune", name))), name
+
+
+@pytest.mark.parametrize("runner", ["FlinkRunner", "SparkRunner", "PortableRunner", "DataflowRunner",
+                                    "apache_beam.runners.portability.flink_runner.FlinkRunner"])
+def test_run_prunes_with_the_beam_prune_on_a_cluster_runner(runner):
+    assert prune_builder(create_runner(runner)) is build_prune
+
+
+@pytest.mark.parametrize("runner", ["DirectRunner", "direct", "BundleBasedDirectRunner", "SwitchingDirectRunner"])
+def test_run_prunes_in_one_step_on_direct_runner(runner):
+    assert prune_builder(create_runner(runner)) is build_prune_single_machine
+
+
+# Beam's portable runner with its in-process job service: a runner other than DirectRunner that
+# runs here, as Flink and Spark run a job (submitted through the Job API, SDK workers in loopback).
+PORTABLE_FLAGS = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
+
+
+def test_run_on_a_portable_runner_prunes_with_beam_what_it_scored(tmp_path):
+    """On a non-Direct runner `run` builds the Beam prune once scoring has finished: it plans the
+    parts the score stage wrote (built earlier it would find none and keep nothing), and keeps
+    and removes the same rows as the single-machine prune of that folder."""
+    run_dir = str(tmp_path / "run")
+    download_dir = os.path.join(run_dir, "download")
+    write_download_shard(download_dir, 0, [(d, c, EN) for d, c in scene_pairs(seed=1, count=12)])
+    # shard 1 repeats five images of shard 0 (other URLs): near-duplicates for SemDeDup to remove
+    repeated = scene_pairs(seed=1, count=5) + scene_pairs(seed=2, count=7)
+    write_download_shard(download_dir, 1, [(d, c, EN) for d, c in repeated])
+    for stage in ("extract", "download"):  # as if this run had done them
+        files.write_marker(os.path.join(run_dir, stage, SUCCESS_FILE), {"stage": stage})
+    pipeline_options = PipelineOptions(["--input", "unused-extract-is-done.warc.gz", "--output-dir", run_dir,
+                                        *SCORE_FLAGS, "--prune", *PRUNE_FLAGS, *PORTABLE_FLAGS])
+    report = run_end_to_end(pipeline_options, pipeline_options.view_as(Crawl2ClipOptions))
+    assert report["runner"] == "PortableRunner"
+    assert [s for s, info in report["stages"].items() if info["ran"]] == ["score", "prune"]
+
+    single = str(tmp_path / "single")
+    score_dir, prune_dir = os.path.join(run_dir, "score"), os.path.join(run_dir, "prune")
+    assert main(["prune", "--input", score_dir, "--output", single, *PRUNE_FLAGS, "--prune-single-machine"]) == 0
+    for name in (KEPT, DUPLICATES, CLUSTERS):
+        assert pq.read_table(os.path.join(prune_dir, name)).equals(pq.read_table(os.path.join(single, name))), name
+    assert read_summary(prune_dir) == read_summary(single)
+    summary = read_summary(prune_dir)
+    assert summary["valid_rows"] == 24 and summary["duplicates_removed"] == 5 and summary["kept"] == 12
+    assert report["counters"]["prune:kept"] == 12 and report["counters"]["prune:duplicates_removed"] == 5
+    assert os.path.exists(os.path.join(prune_dir, SUCCESS_FILE))
+
+
+def test_a_bad_prune_setting_stops_run_before_any_stage(tmp_path):
+    run_dir = str(tmp_path / "run")
+    pipeline_options = PipelineOptions(["--input", "crawl.warc.gz", "--output-dir", run_dir, *SCORE_FLAGS, "--prune",
+                                        "--keep-fraction", "0.5", "--prune-temperature", "0"])
+    with pytest.raises(ValueError, match="--prune-temperature must be > 0"):
+        run_end_to_end(pipeline_options, pipeline_options.view_as(Crawl2ClipOptions))
+    assert not os.path.exists(os.path.join(run_dir, "extract"))
 
 
 def test_report_page_renders_in_chromium(combined_run, tmp_path):
