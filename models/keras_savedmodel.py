@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from crawl2clip.models import files
+from crawl2clip.transforms import files
 
 FILES = ("keras_metadata.pb", "saved_model.pb", "variables/variables.index")
 _TABLE_MAGIC = 0xDB4775248B80FB57
@@ -292,7 +292,7 @@ def read_saved_model(path: str) -> KerasSavedModel:
         contents = {name: files.read_bytes(files.join(path, name)) for name in wanted
                     if files.exists(files.join(path, name))}
         extra = os.path.join(path, "variables")
-        if not files.is_remote(path) and os.path.isdir(extra):
+        if files.is_local(path) and os.path.isdir(extra):
             for name in os.listdir(extra):
                 contents.setdefault(f"variables/{name}", files.read_bytes(os.path.join(extra, name)))
     return KerasSavedModel(contents, path)

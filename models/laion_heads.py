@@ -25,8 +25,9 @@ import os
 
 import numpy as np
 
-from crawl2clip.models import files, heads
+from crawl2clip.models import heads
 from crawl2clip.models.keras_savedmodel import read_saved_model
+from crawl2clip.transforms import files
 
 UNSAFE = "unsafe"
 AESTHETIC = "aesthetic"

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from crawl2clip.models import files
 from crawl2clip.models.clip import autocast, resolve_device, resolve_precision
+from crawl2clip.transforms import files
 
 ARCHITECTURE = "efficientnet_b3"
 IMAGE_SIZE = 256

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crawl2clip.models import files
 from crawl2clip.models.clip import autocast, resolve_device, resolve_precision
+from crawl2clip.transforms import files
 
 MODEL_TYPE = "M-CLIP"
 CHECKPOINTS = ("model.safetensors", "pytorch_model.bin")
@@ -58,7 +58,7 @@ class MClipSpec:
 
 
 def _is_hub_id(source: str) -> bool:
-    return not files.is_remote(source) and not os.path.exists(source) and source.count("/") == 1
+    return files.is_local(source) and not os.path.exists(source) and source.count("/") == 1
 
 
 def _hub_file(repo: str, name: str) -> str:

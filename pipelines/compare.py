@@ -49,6 +49,7 @@ from crawl2clip.transforms.compare.train import TrainSettings, checkpoint_path, 
 from crawl2clip.transforms.compare.variants import Variant, parse_variants
 from crawl2clip.transforms import files
 from crawl2clip.transforms.download.shards import finished_shards
+from crawl2clip.transforms.prune.outputs import KEPT, SUMMARY, output_path, read_summary
 from crawl2clip.transforms.prune.settings import PruneSettings
 from crawl2clip.transforms.schema import ERROR_SCHEMA, UID
 from crawl2clip.transforms.score.settings import SCORING_JSON
@@ -138,11 +139,11 @@ def _device_problem(device: str) -> str | None:
 
 
 def _run_prune(run_dir: str) -> dict | None:
-    path = os.path.join(run_dir, "prune", "prune.json")
-    if not os.path.exists(os.path.join(run_dir, "prune", "kept.parquet")) or not os.path.exists(path):
+    """The prune summary of the run's `--prune` (None when the run has no finished prune)."""
+    prune_dir = os.path.join(run_dir, "prune")
+    if not all(files.exists(output_path(prune_dir, name)) for name in (KEPT, SUMMARY)):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return read_summary(prune_dir)
 
 
 def plan(args) -> tuple[Plan | None, list[str]]:
@@ -195,8 +196,7 @@ def plan(args) -> tuple[Plan | None, list[str]]:
                   args.held_out_max_images, zero_shot, prunes)
     settings_path = os.path.join(args.output, SETTINGS)
     if not problems and os.path.exists(settings_path):
-        with open(settings_path) as f:
-            earlier = json.load(f)
+        earlier = files.read_marker(settings_path)
         if earlier != result.record():
             changed = sorted(k for k in result.record() if earlier.get(k) != result.record()[k])
             problems.append(f"--output {args.output} holds a comparison with other settings ({', '.join(changed)}); "
@@ -211,11 +211,6 @@ def _say(text: str) -> None:
 def _write_errors(path: str, records: list[dict]) -> None:
     table = pa.Table.from_pylist(records, schema=ERROR_SCHEMA)
     files.write_atomic(path, lambda f: pq.write_table(table, f))
-
-
-def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
 
 
 def _write_json(path: str, value: dict) -> None:
@@ -235,7 +230,7 @@ def _held_out(p: Plan) -> tuple[pa.Table, dict]:
         _write_json(os.path.join(held_dir, DONE), {"pairs": written.num_rows, "downloaded": pairs.num_rows})
     held_uids = pq.read_table(os.path.join(held_dir, ROWS), columns=[UID])[UID]
     pool = pairs.filter(pc.invert(pc.is_in(pairs[UID], value_set=held_uids)))
-    return pool, _read_json(os.path.join(held_dir, DONE))
+    return pool, files.read_marker(os.path.join(held_dir, DONE))
 
 
 def _selection(p: Plan, variant: Variant) -> tuple[set[str] | None, dict, list[dict]]:
@@ -281,7 +276,7 @@ def _build(p: Plan, variant: Variant, pool: pa.Table) -> dict:
     out = os.path.join(p.output, "variants", variant.slug)
     summary_path = os.path.join(out, "variant.json")
     if os.path.exists(summary_path):
-        return _read_json(summary_path)
+        return files.read_marker(summary_path)
     shutil.rmtree(out, ignore_errors=True)
     uids, info, errors = _selection(p, variant)
     rows = pool if uids is None else pool.filter(pc.is_in(pool[UID], value_set=pa.array(sorted(uids), pa.string())))
@@ -351,7 +346,7 @@ def _evaluate(p: Plan, variant: Variant, held_out, zero_shot) -> dict:
 
     path = os.path.join(p.output, "eval", f"{variant.slug}.json")
     if os.path.exists(path):
-        return _read_json(path)
+        return files.read_marker(path)
     if p.training.model.endswith(".json"):
         import open_clip
 
@@ -360,7 +355,7 @@ def _evaluate(p: Plan, variant: Variant, held_out, zero_shot) -> dict:
     log_dir = os.path.join(p.output, "train", variant.slug)
     model = load_clip(ClipSpec(p.training.model_name, checkpoint_path(log_dir, p.training), device=p.training.device))
     _write_json(path, evaluate(model, held_out, zero_shot))
-    return _read_json(path)  # as every later run reads it (JSON: recall@k keyed by "k")
+    return files.read_marker(path)  # as every later run reads it (JSON: recall@k keyed by "k")
 
 
 def _row(variant: Variant, built: dict, status: str, note: str | None, p: Plan, evaluation: dict | None) -> dict:
@@ -375,7 +370,7 @@ def _row(variant: Variant, built: dict, status: str, note: str | None, p: Plan, 
            "epochs": int(params["epochs"]) if "epochs" in params else None,
            "seed": int(params["seed"]) if "seed" in params else None,
            "model": params.get("model"), "device": params.get("device"), "precision": params.get("precision"),
-           "train_seconds": _read_json(seconds_path)["seconds"] if os.path.exists(seconds_path) else None,
+           "train_seconds": files.read_marker(seconds_path)["seconds"] if os.path.exists(seconds_path) else None,
            "final_loss": logged.get("final_loss")}
     retrieval = (evaluation or {}).get("retrieval", {})
     for direction in ("image_to_text", "text_to_image"):

@@ -103,25 +103,46 @@ def size(path: str) -> int:
 _COPIES_LOCK = threading.Lock()
 
 
-def local_copy(path: str) -> str:
-    """A local path holding the bytes of `path`, for readers that need one (numpy's memory map,
-    faiss, tarfile seeking): `path` itself when it is local, else a copy in this process's cache
-    folder (`$CRAWL2CLIP_CACHE` or the temp folder), made once per path and size. Meant for
-    committed files, which never change under their name; a file rewritten with another size
-    gets a new copy."""
-    if is_local(path):
-        return path
-    key = hashlib.sha256(f"{path}\0{size(path)}".encode()).hexdigest()[:24]
-    folder = os.path.join(os.environ.get("CRAWL2CLIP_CACHE") or tempfile.gettempdir(), "crawl2clip-copies")
-    copy = os.path.join(folder, f"{key}-{FileSystems.split(path)[1]}")
+def _copies_folder() -> str:
+    return os.path.join(os.environ.get("CRAWL2CLIP_CACHE") or tempfile.gettempdir(), "crawl2clip-copies")
+
+
+def _copy_once(path: str, copy: str) -> str:
+    """Copies `path` to the local `copy` unless it is there (to a temporary name, then renamed:
+    a half-copied file is never used)."""
     with _COPIES_LOCK:
         if not os.path.exists(copy):
-            os.makedirs(folder, exist_ok=True)
+            os.makedirs(os.path.dirname(copy), exist_ok=True)
             temporary = f"{copy}.tmp-{uuid.uuid4().hex}"
             with open_read(path) as source, open(temporary, "wb") as target:
                 shutil.copyfileobj(source, target, 1 << 20)
             os.replace(temporary, copy)
     return copy
+
+
+def local_copy(path: str) -> str:
+    """A local path holding the bytes of `path`, for readers that need one (numpy's memory map,
+    faiss, tarfile seeking, model loaders): `path` itself when it is local, else a copy in this
+    process's cache folder (`$CRAWL2CLIP_CACHE` or the temp folder), made once per path and size.
+    Meant for committed files, which never change under their name; a file rewritten with
+    another size gets a new copy."""
+    if is_local(path):
+        return path
+    key = hashlib.sha256(f"{path}\0{size(path)}".encode()).hexdigest()[:24]
+    return _copy_once(path, os.path.join(_copies_folder(), f"{key}-{FileSystems.split(path)[1]}"))
+
+
+def local_folder(folder: str, names: list[str]) -> str:
+    """A local folder holding `names` (paths relative to `folder`, those of them that exist), for
+    libraries that load a folder (Hugging Face's): `folder` itself when it is local, else a
+    copy in the cache folder, each file copied once."""
+    if is_local(folder):
+        return folder
+    target = os.path.join(_copies_folder(), hashlib.sha256(folder.encode()).hexdigest()[:24])
+    for name in names:
+        if exists(join(folder, name)):
+            _copy_once(join(folder, name), os.path.join(target, name))
+    return target
 
 
 def upload(local_path: str, path: str) -> str:
