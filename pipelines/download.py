@@ -1,6 +1,5 @@
 """The download job: candidate pairs (parquet) -> webdataset shards with parquet metadata."""
 
-import math
 
 import apache_beam as beam
 import pyarrow as pa
@@ -9,7 +8,7 @@ import pyarrow.parquet as pq
 from crawl2clip.pipelines.options import Crawl2ClipOptions
 from crawl2clip.transforms import files
 from crawl2clip.transforms.download.shards import OUTPUT_COLUMNS, retryable_rows
-from crawl2clip.transforms.download.transform import RETRYABLE_STATUSES, DownloadImages
+from crawl2clip.transforms.download.transform import RETRYABLE_STATUSES, DownloadImages, shards_for
 
 
 def input_files(options: Crawl2ClipOptions) -> list[str]:
@@ -43,6 +42,6 @@ def build_download(pipeline: beam.Pipeline, options: Crawl2ClipOptions) -> None:
         paths = input_files(options)
         schema, count = _input_schema(paths), _row_count(paths)
         source = pipeline | "InputFiles" >> beam.Create(paths) | "ReadPairs" >> beam.io.ReadAllFromParquet()
-    shard_count = max(1, math.ceil(count / options.shard_size))
+    shard_count = shards_for(count, options.shard_size)
     source | "DownloadImages" >> DownloadImages(options.output_dir, shard_count, options.fetch_options(),
                                                  options.resize_spec(), schema, options.blocklist_settings())

@@ -21,7 +21,6 @@ Every stage, the hand-offs, markers and metrics go through transforms/files.py, 
 input) may be on any Beam filesystem: hdfs://, s3://, gs://. `--stop-after` ends the run early.
 """
 
-import math
 import os
 import time
 
@@ -35,7 +34,7 @@ from crawl2clip.pipelines.resume import finished_work
 from crawl2clip.pipelines.run import METRICS_FILE, run_built, write_metrics
 from crawl2clip.pipelines.score import score_shards
 from crawl2clip.transforms import files
-from crawl2clip.transforms.download.transform import DownloadImages
+from crawl2clip.transforms.download.transform import CountShards, DownloadImages
 from crawl2clip.transforms.schema import CANDIDATE_SCHEMA
 from crawl2clip.transforms.score.shards import download_shards
 
@@ -88,10 +87,7 @@ def _download(pipeline: beam.Pipeline, options: Crawl2ClipOptions, run_dir: str)
     rows = (seed
             | "ListPairFiles" >> beam.FlatMap(lambda _: _pair_files(extract_dir))
             | "ReadPairs" >> beam.io.ReadAllFromParquet())
-    shard_size = options.shard_size
-    shard_count = (rows
-                   | "CountPairs" >> beam.combiners.Count.Globally()
-                   | "ShardCount" >> beam.Map(lambda n: max(1, math.ceil(n / shard_size))))
+    shard_count = rows | "CountShards" >> CountShards(options.shard_size)
     rows | "DownloadImages" >> DownloadImages(
         stage_dir(run_dir, "download"), beam.pvalue.AsSingleton(shard_count), options.fetch_options(),
         options.resize_spec(), CANDIDATE_SCHEMA, options.blocklist_settings())

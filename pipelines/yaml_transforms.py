@@ -13,7 +13,6 @@ over ScoreImages' output says the scoring is done.
 """
 
 import difflib
-import math
 import os
 
 import apache_beam as beam
@@ -24,7 +23,7 @@ from crawl2clip.pipelines.options import Crawl2ClipOptions
 from crawl2clip.transforms import files
 from crawl2clip.transforms.download.shards import stats_path
 from crawl2clip.transforms.download.transform import DownloadImages as _DownloadImages
-from crawl2clip.transforms.download.transform import row_uid, shard_id_of
+from crawl2clip.transforms.download.transform import CountShards, row_uid, shard_id_of
 from crawl2clip.transforms.errors import WriteErrors as _WriteErrorParquet
 from crawl2clip.transforms.extract.rules import ExtractionRules
 from crawl2clip.transforms.extract.transform import ExtractCandidates as _ExtractCandidates
@@ -172,10 +171,7 @@ class DownloadImages(beam.PTransform):
     def expand(self, rows):
         output, shard_size, options = self.output, self.options.shard_size, self.options
         pairs = rows | "AsDicts" >> beam.Map(lambda row: row._asdict())
-        shard_count = beam.pvalue.AsSingleton(
-            pairs
-            | "CountPairs" >> beam.combiners.Count.Globally()
-            | "ShardCount" >> beam.Map(lambda n: max(1, math.ceil(n / shard_size))))
+        shard_count = beam.pvalue.AsSingleton(pairs | "CountShards" >> CountShards(shard_size))
         written = pairs | "Download" >> _DownloadImages(output, shard_count, options.fetch_options(),
                                                         options.resize_spec(), CANDIDATE_SCHEMA,
                                                         options.blocklist_settings())

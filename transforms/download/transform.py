@@ -17,6 +17,7 @@ list names is never written: both leave the shard and become audit rows in
 `removed/removed_NNNNN.parquet` (transforms/consent/audit.py).
 """
 
+import math
 import os
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,26 @@ def removed_path(output_dir: str, shard_id: int) -> str:
 
 def shard_id_of(uid: str, shard_count: int) -> int:
     return int(uid[:15], 16) % shard_count
+
+
+def shards_for(pairs: int, shard_size: int) -> int:
+    """How many shards `pairs` rows fill at `shard_size` each (at least one)."""
+    return max(1, math.ceil(pairs / shard_size))
+
+
+class CountShards(beam.PTransform):
+    """Rows -> one element: how many shards they fill, for DownloadImages' shard_count (as a
+    side input) when the rows are only known once the job runs."""
+
+    def __init__(self, shard_size: int):
+        super().__init__()
+        self.shard_size = shard_size
+
+    def expand(self, rows):
+        shard_size = self.shard_size
+        return (rows
+                | "CountPairs" >> beam.combiners.Count.Globally()
+                | "ShardCount" >> beam.Map(lambda n: shards_for(n, shard_size)))
 
 
 # Shards a worker has started but not written yet, beyond the one being written. While the
