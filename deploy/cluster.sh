@@ -428,6 +428,10 @@ flink_flags() {
   fi
 }
 
+flink_taskmanager_ids() {  # the ids of the TaskManagers registered with the JobManager, one per line
+  json_get "http://$HOST:$FLINK_REST_PORT/taskmanagers" '"\n".join(t["id"] for t in d["taskmanagers"])'
+}
+
 flink_ready() {  # prints "TMs/slots" and succeeds when the expected TaskManagers and slots are up
   local got; got="$(json_get "http://$HOST:$FLINK_REST_PORT/overview" '"%s %s" % (d["taskmanagers"], d["slots-total"])')"
   [[ -n "$got" ]] || return 1
@@ -489,20 +493,35 @@ cmd_flink_start() {
 }
 
 cmd_flink_revive() {  # starts again each TaskManager whose process died (Kubernetes restarts its pod)
+  # and waits until each has registered with the JobManager, so its slots are there on return.
   [[ -f "$RUN/flink.env" ]] || die "flink is not running: 'deploy/cluster.sh flink start' first"
   find_java
   export FLINK_CONF_DIR="$RUN/flink-conf" FLINK_LOG_DIR="$LOGS" FLINK_PID_DIR="$RUN/flink-pids"
   export FLINK_IDENT_STRING=crawl2clip
-  local f name revived=0
+  local f name revived=() before
+  # The JobManager keeps a dead TaskManager listed until its heartbeat times out: the new ones
+  # are told apart by their ids, which are fresh for every process.
+  before="$(flink_taskmanager_ids)"
   for f in "$RUN"/flink-taskmanager-*.pid; do
     [[ -e "$f" ]] || continue
     pid_alive "$f" && continue
     name="$(basename "$f" .pid)"
     kill_pidfile "$f"  # whatever is left of its process group
     spawn "$name" "$LOGS/$name.out" "$FLINK_HOME/bin/taskmanager.sh" start-foreground
-    revived=$((revived + 1))
+    revived+=("$name")
   done
-  log "flink: $revived TaskManager(s) started again"
+  local deadline=$((SECONDS + START_TIMEOUT)) id new
+  while [[ ${#revived[@]} -gt 0 ]]; do
+    new=0
+    for id in $(flink_taskmanager_ids); do grep -qxF "$id" <<<"$before" || new=$((new + 1)); done
+    [[ $new -ge ${#revived[@]} ]] && break
+    for name in "${revived[@]}"; do
+      pid_alive "$RUN/$name.pid" || die "$name died while starting again (see ${LOGS#"$REPO"/}/$name.out)"
+    done
+    [[ $SECONDS -lt $deadline ]] || die "${revived[*]} not registered with the JobManager after ${START_TIMEOUT}s"
+    sleep 1
+  done
+  log "flink: ${#revived[@]} TaskManager(s) started again${revived:+ and registered: ${revived[*]}}"
 }
 
 # ================================ Spark ========================================================

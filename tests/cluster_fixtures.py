@@ -401,6 +401,19 @@ def flink_find_job(rest_url: str, name_contains: str | None = None) -> dict[str,
     return max(jobs, key=lambda j: j.get("start-time", 0))
 
 
+def flink_cancel_jobs(rest_url: str, name_contains: str) -> list[str]:
+    """Cancel every unfinished job whose name contains ``name_contains`` (a failed test's job
+    must not keep the cluster's slots from the tests after it); returns their ids."""
+    terminal = {"FINISHED", "FAILED", "CANCELED"}
+    cancelled = []
+    for job in rest_get(rest_url, "/jobs/overview")["jobs"]:
+        if name_contains in job.get("name", "") and job.get("state") not in terminal:
+            url = f"{rest_url.rstrip('/')}/jobs/{urllib.parse.quote(job['jid'])}?mode=cancel"
+            urllib.request.urlopen(urllib.request.Request(url, method="PATCH"), timeout=10).close()
+            cancelled.append(job["jid"])
+    return cancelled
+
+
 def flink_job_subtask_records(
     rest_url: str,
     job_id: str | None = None,

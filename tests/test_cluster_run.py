@@ -205,15 +205,26 @@ def test_a_download_survives_a_killed_taskmanager(flink_cluster, hdfs_cluster, b
 
     runner = threading.Thread(target=run, daemon=True)
     runner.start()
-    deadline = time.monotonic() + 300
-    while not (requested and any("/media/" in url for url in requested[0])):
-        assert runner.is_alive() and time.monotonic() < deadline, f"no image was requested: {outcome}"
-        time.sleep(0.2)
-    os.kill(_taskmanager_jvm("flink-taskmanager-1"), signal.SIGKILL)
-    revived = subprocess.run(["bash", str(cluster_fixtures.CLUSTER_SH), "flink", "revive"], capture_output=True,
-                             text=True, timeout=120)
-    assert revived.returncode == 0, revived.stderr
-    runner.join(600)
+    try:
+        deadline = time.monotonic() + 300
+        while not (requested and any("/media/" in url for url in requested[0])):
+            assert runner.is_alive() and time.monotonic() < deadline, f"no image was requested: {outcome}"
+            time.sleep(0.2)
+        killed = _taskmanager_jvm("flink-taskmanager-1")
+        os.kill(killed, signal.SIGKILL)
+        # A supervisor restarts a container once it has exited; a SIGKILLed JVM takes a moment to.
+        deadline = time.monotonic() + 60
+        while cluster_fixtures._proc_stat(killed) is not None:
+            assert time.monotonic() < deadline, f"the TaskManager JVM {killed} outlived SIGKILL for 60 s"
+            time.sleep(0.1)
+        revived = subprocess.run(["bash", str(cluster_fixtures.CLUSTER_SH), "flink", "revive"],
+                                 capture_output=True, text=True, timeout=600)
+        assert revived.returncode == 0, revived.stderr
+        assert "1 TaskManager(s) started again and registered: flink-taskmanager-1" in revived.stderr, revived.stderr
+        runner.join(600)
+        assert not runner.is_alive(), "the run did not end within 10 minutes of the TaskManager's revival"
+    finally:
+        cluster_fixtures.flink_cancel_jobs(flink_cluster.rest_url, job_name)
     assert outcome.get("rc") == 0, outcome
 
     job = cluster_fixtures.flink_find_job(flink_cluster.rest_url, f"{job_name}-download")
