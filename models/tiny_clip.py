@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from crawl2clip.models.clip import ClipSpec, load_clip
 from crawl2clip.models.heads import roc_auc
 from crawl2clip.models.scenes import render_example
+from crawl2clip.models.training_report import publish_report
 from crawl2clip.models.watermark import apply_watermark, random_watermark
 
 MODEL_NAME = "crawl2clip-tiny"
@@ -215,12 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_clip(ClipSpec(MODEL_NAME, checkpoint, device="cpu"))
     report["held_out_auc"] = round(held_out_auc(loaded.encode_images, loaded.encode_texts), 4)
     report["checkpoint_bytes"] = os.path.getsize(checkpoint)
-    report["loadavg"] = os.getloadavg()
-    print(json.dumps(report, indent=2))
-    if args.report:
-        os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
-        with open(args.report, "w") as f:
-            json.dump(report, f, indent=2)
+    publish_report(report, args.report)
     return 0
 
 

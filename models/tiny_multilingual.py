@@ -18,7 +18,6 @@ other model here was trained or checked on.
 """
 
 import argparse
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from crawl2clip.models.clip import ASSETS, TINY_MULTILINGUAL, load_clip, tiny_cl
 from crawl2clip.models.mclip import MClipSpec, load_mclip, save_mclip
 from crawl2clip.models.scene_captions import LANGUAGES, caption
 from crawl2clip.models.scenes import random_scene, render_example, scene_rng
+from crawl2clip.models.training_report import publish_report
 
 TOWER_NAME = os.path.basename(TINY_MULTILINGUAL)
 TRAIN_SEED = 0             # the tiny CLIP's training scenes (only their captions are used here)
@@ -193,12 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     report["held_out"] = held_out_report(tower, load_clip(tiny_clip_spec("cpu")))
     report["bytes"] = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder)
                           for name in names)
-    report["loadavg"] = os.getloadavg()
-    print(json.dumps(report, indent=2))
-    if args.report:
-        os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
-        with open(args.report, "w") as f:
-            json.dump(report, f, indent=2)
+    publish_report(report, args.report)
     return 0
 
 

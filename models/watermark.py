@@ -10,7 +10,6 @@ never saw. `python -m crawl2clip.models.watermark --output models/assets` rebuil
 """
 
 import argparse
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from crawl2clip.models.scenes import render_example
+from crawl2clip.models.training_report import publish_report
 
 TRAIN_TEXTS = ("SAMPLE", "PREVIEW", "© stockpix", "PROOF", "photodepot.com", "© 2024", "COPYRIGHT",
                "imagebank", "DRAFT", "watermark", "© studio lumen", "www.pixvault.net")
@@ -167,11 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", help="also write the report (JSON) here")
     args = parser.parse_args(argv)
     report = train_watermark_head(os.path.join(args.output, f"{HEAD_NAME}.npz"))
-    report["loadavg"] = os.getloadavg()
-    print(json.dumps(report, indent=2))
-    if args.report:
-        with open(args.report, "w") as f:
-            json.dump(report, f, indent=2)
+    publish_report(report, args.report)
     return 0
 
 
