@@ -52,6 +52,7 @@ from crawl2clip.pipelines.templates import (
     template_names,
 )
 from crawl2clip.transforms import files
+from crawl2clip.transforms.errors import error_parts
 from crawl2clip.transforms.progress import PROGRESS_FOLDER
 from crawl2clip.transforms.score.settings import SCORING_JSON
 
@@ -132,7 +133,7 @@ def _run_stage(command: str, description: str, argv: list[str], validate, build,
 
 def _extract_outputs(out: str) -> dict[str, str]:
     return {"Candidate pairs": os.path.join(out, "pairs", "pairs-*.parquet"),
-            "Errors": os.path.join(out, "errors", "errors-*.parquet"),
+            "Errors": error_parts(out),
             "Metrics": os.path.join(out, "metrics.json")}
 
 
@@ -160,7 +161,7 @@ def index(argv: list[str]) -> int:
                  "explorer serves: metadata, vectors, thumbnails.", argv,
         Crawl2ClipOptions.validate_index, build_index,
         lambda out: {"Index": os.path.join(out, "index_info.json"),
-                     "Errors": os.path.join(out, "errors", "errors-*.parquet"),
+                     "Errors": error_parts(out),
                      "Serve it": f"crawl2clip serve {out}"},
     )
 
@@ -229,7 +230,7 @@ def prune_apply(argv: list[str]) -> int:
         Crawl2ClipOptions.validate_prune_apply, build_prune_apply,
         lambda out: {"Pruned embeddings": os.path.join(out, "metadata", "metadata_*.parquet"),
                      "Pruned shards": os.path.join(out, "shards", "*.tar") + " (with --shards)",
-                     "Errors": os.path.join(out, "errors", "errors-*.parquet")},
+                     "Errors": error_parts(out)},
     )
 
 

@@ -11,7 +11,6 @@ import os
 import sys
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crawl2clip.models.heads import roc_auc, save_head, train_head

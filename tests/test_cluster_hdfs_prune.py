@@ -21,10 +21,10 @@ from crawl2clip.pipelines.options import Crawl2ClipOptions
 from crawl2clip.transforms import files
 from crawl2clip.transforms.embeddings import IMG_EMB, METADATA, TEXT_EMB, list_parts, load_embeddings
 from crawl2clip.transforms.prune.apply import SHARDS
+from crawl2clip.transforms.errors import ERRORS_FOLDER
 from crawl2clip.transforms.prune.outputs import (
     CLUSTERS,
     DUPLICATES,
-    ERRORS_FOLDER,
     KEPT,
     OUTPUT_FILES,
     PLOT,

@@ -19,11 +19,11 @@ from crawl2clip.pipelines.replay import replay_proxy
 from crawl2clip.transforms import files
 from crawl2clip.transforms.download.shards import SHARD_FILES, TAR, finished_shards, read_shard_table, shard_file
 from crawl2clip.transforms.embeddings import IMG_EMB, METADATA, TEXT_EMB, list_parts, load_embeddings, part_paths
+from crawl2clip.transforms.errors import ERRORS_FOLDER
 from crawl2clip.transforms.score.settings import read_settings
 from crawl2clip.transforms.score.write import (
     COUNTERS_DIR,
     DROPPED,
-    ERRORS_DIR,
     counters_path,
     dropped_path,
     errors_path,
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.cluster
 # The tiny CLIP scores these book covers between -0.41 and 0.44: thresholds that keep some pairs
 # and drop others in both splits.
 SCORE = ["--tiny-clip", "--min-similarity-en", "0", "--min-similarity-multi", "-0.2"]
-SUBFOLDERS = (METADATA, IMG_EMB, TEXT_EMB, DROPPED, ERRORS_DIR, COUNTERS_DIR)
+SUBFOLDERS = (METADATA, IMG_EMB, TEXT_EMB, DROPPED, ERRORS_FOLDER, COUNTERS_DIR)
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,16 @@ matching counter; the pipeline flattens every stage's errors and writes them to 
 """
 
 import functools
-import os
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from crawl2clip.transforms import files
 from crawl2clip.transforms.schema import ERROR_SCHEMA
 
 ERRORS = "errors"  # the tag of every stage's error output
+ERRORS_FOLDER = "errors"  # every stage writes its error rows under OUTPUT/errors/
+_PART_PREFIX = "errors"  # WriteErrors' parts: errors-SSSSS-of-NNNNN.parquet
 MAX_DETAIL_CHARS = 1000
 
 
@@ -36,6 +38,11 @@ def counter(stage: str, name: str):
     return Metrics.counter(stage, name)
 
 
+def error_parts(output_dir: str) -> str:
+    """The glob of the error parts WriteErrors writes for a stage's output folder."""
+    return files.join(output_dir, ERRORS_FOLDER, f"{_PART_PREFIX}-*.parquet")
+
+
 def count_error(record: dict) -> dict:
     """Counts an error under `<stage>:error_<reason>` and returns it, for use in a DoFn."""
     counter(record["stage"], "error_" + record["reason"]).inc()
@@ -51,7 +58,7 @@ class WriteErrors(beam.PTransform):
 
     def expand(self, errors):
         return errors | "WriteErrorParquet" >> beam.io.WriteToParquet(
-            os.path.join(self.output_dir, "errors", "errors"),
+            files.join(self.output_dir, ERRORS_FOLDER, _PART_PREFIX),
             ERROR_SCHEMA,
             file_name_suffix=".parquet",
         )

@@ -28,6 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from crawl2clip.transforms import files
+from crawl2clip.transforms.errors import ERRORS_FOLDER
 from crawl2clip.transforms.prune.settings import PruneSettings
 from crawl2clip.transforms.prune.steps import Arrays, ClusterTable
 from crawl2clip.transforms.tables import column_names, read_table, write_table
@@ -39,7 +40,6 @@ DUPLICATES = "duplicates.parquet"
 CLUSTERS = "clusters.parquet"
 PLOT = "complexity_vs_keep_rate.png"
 SUMMARY = "prune.json"
-ERRORS_FOLDER = "errors"  # where WriteErrors (transforms/errors.py) writes a Beam run's error parts
 ERRORS_FILE = "errors-00000-of-00001.parquet"  # the one part of a run outside Beam, named as Beam names it
 ID_COLUMNS = (UID, "hash", "key")
 OUTPUT_FILES = (KEPT, DUPLICATES, CLUSTERS, PLOT, SUMMARY)  # beside errors/

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from crawl2clip.transforms import files
 from crawl2clip.transforms.download.shards import KEY, ORIGINAL_HEIGHT, ORIGINAL_WIDTH, OUTPUT_COLUMNS, SHA256
 from crawl2clip.transforms.embeddings import part_paths, write_part
+from crawl2clip.transforms.errors import ERRORS_FOLDER
 from crawl2clip.transforms.extract.rules import pair_uid
 from crawl2clip.transforms.schema import ERROR_SCHEMA, LANGUAGE, SPLIT, TEXT, UID, URL
 from crawl2clip.transforms.score.counts import part_counters, unreadable_counters
@@ -33,7 +34,6 @@ SIMILARITY = "similarity"
 HASH = "hash"
 DROP_REASON = "drop_reason"
 DROPPED = "dropped"
-ERRORS_DIR = "errors"
 COUNTERS_DIR = "counters"
 
 # The LAION columns and ours, first and in this order; the input's other columns follow.
@@ -102,7 +102,7 @@ def dropped_path(output_dir: str, number: int) -> str:
 
 
 def errors_path(output_dir: str, number: int) -> str:
-    return files.join(output_dir, ERRORS_DIR, f"errors_{number}.parquet")
+    return files.join(output_dir, ERRORS_FOLDER, f"errors_{number}.parquet")
 
 
 def counters_path(output_dir: str, number: int) -> str:
