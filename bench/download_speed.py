@@ -14,7 +14,9 @@ What it does (one run, ~2-5 minutes on a 2-core machine):
    absolute-form `GET http://host/path` with a deterministic JPEG per URL (one of the 7 photos in
    /work/shared/data/photos/, either as is or re-encoded with its longer side at 1024 px -- 14
    variants picked by a hash of the URL), after a deterministic per-URL latency of 20-50 ms;
-   `/robots.txt` is a 404 after the same kind of latency. Bounded: idle connections close after
+   `/robots.txt` and TDMRep's `/.well-known/tdmrep.json` are 404s after the same kind of latency
+   (no host here has either; before they were answered with a JPEG, crawl2clip downloaded one
+   image's bytes per host for its TDMRep lookup). Bounded: idle connections close after
    30 s, request heads over 64 KiB are refused, at most 500,000 requests are served, and the
    server exits by itself after an hour.
 4. Runs, all with image_size 256, resize_mode border, jpg, 1000 rows per shard, 2 processes:
@@ -48,7 +50,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,6 +58,8 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+
+from crawl2clip.transforms.consent.tdmrep import WELL_KNOWN_PATH
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(REPO, ".cache", "bench")
@@ -110,10 +113,13 @@ def _image_variants() -> list[bytes]:
     return variants
 
 
+POLICY_FILES = {"/robots.txt": "robots", WELL_KNOWN_PATH: "tdmrep"}  # what a host's 404 stands for
+
+
 def serve(port_file: str, max_seconds: float) -> None:
     """The stand-in web, run in its own process (`--serve`)."""
     variants = _image_variants()
-    stats = {"requests": 0, "images": 0, "robots": 0, "other": 0, "bytes": 0, "connections": 0,
+    stats = {"requests": 0, "images": 0, "robots": 0, "tdmrep": 0, "other": 0, "bytes": 0, "connections": 0,
              "absolute_form": 0, "hosts": set()}
 
     def reset():
@@ -168,8 +174,8 @@ def serve(port_file: str, max_seconds: float) -> None:
                 parts = urllib.parse.urlsplit(url)
                 stats["hosts"].add(parts.netloc)
                 await asyncio.sleep(_latency(url))
-                if parts.path == "/robots.txt":
-                    stats["robots"] += 1
+                if parts.path in POLICY_FILES:
+                    stats[POLICY_FILES[parts.path]] += 1
                     await respond(writer, 404, "Not Found", b"not found", "text/plain", keep_alive)
                 else:
                     body = variants[_url_hash(url) % len(variants)]
@@ -543,7 +549,8 @@ def main():
         "server": {"kind": "asyncio HTTP/1.1 proxy (absolute-form GET), own process, keep-alive",
                    "latency_ms_per_request": list(LATENCY_MS), "latency": "deterministic per URL (sha1)",
                    "images": f"7 photos from {PHOTOS}, each as is and re-encoded at {UPSCALED_SIDE}px longer side "
-                             "(q90), picked by sha1(URL) % 14", "robots.txt": "404 after the latency"},
+                             "(q90), picked by sha1(URL) % 14",
+                   "robots.txt and .well-known/tdmrep.json": "404 after the latency"},
         "settings": {**common, "processes": PROCESSES, "img2dataset_thread_count": THREADS,
                      "crawl2clip_max_concurrency": {"crawl2clip_mp": f"{THREADS} per worker, {PROCESSES} workers",
                                                     "crawl2clip_inprocess": f"{PROCESSES * THREADS}, one process"},
@@ -553,7 +560,7 @@ def main():
                                  f"(img2dataset: {PROCESSES} processes x {THREADS} threads; crawl2clip_mp: "
                                  f"{PROCESSES} Beam workers x {THREADS}; crawl2clip_inprocess: one process, "
                                  f"{PROCESSES * THREADS} in flight). crawl2clip also fetches every host's "
-                                 "robots.txt and checks X-Robots-Tag (img2dataset's header check is switched off), "
+                                 "robots.txt and tdmrep.json and checks X-Robots-Tag (img2dataset's header check is switched off), "
                                  "so it makes more requests; its image threads are one per core "
                                  "(os.cpu_count()) in each process",
                      "repeats": f"{args.repeats} runs per tool, interleaved; per-tool figures are medians, "
