@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from crawl2clip.pipelines.options import Crawl2ClipOptions
 from crawl2clip.pipelines.report import PLOTS, REPORT_HTML, REPORT_JSON, write_report
-from crawl2clip.pipelines.run import run_pipeline
+from crawl2clip.pipelines.run import PipelineFailed, run_pipeline
 from crawl2clip.transforms import files
 from crawl2clip.transforms.consent.audit import REMOVED
 from crawl2clip.transforms.consent.blocklists import BlocklistSettings, ListSpec, counter_name, load_blocklists
@@ -39,6 +39,7 @@ from crawl2clip.transforms.remove.rewrite import (
 
 STAGE_FOLDERS = ("extract", "download", "score")  # one of them makes a folder a crawl2clip run
 REBUILDING, OLD = ".rebuilding", ".old"  # an index folder's new build, and the one it replaces
+UNREADABLE = "unreadable.parquet"  # in the progress folder: the files a search could not read
 
 
 def digest(settings: BlocklistSettings, dataset: str, output: str) -> str:
@@ -59,6 +60,15 @@ def index_dirs(run_dir: str) -> list[str]:
     """The folders of DIR (relative) holding a `crawl2clip index` output."""
     top = {relative(path, run_dir).split("/", 1)[0] for path in files.match(files.join(run_dir, "**"))}
     return sorted(name for name in top if files.exists(files.join(run_dir, name, INDEX_INFO)))
+
+
+def unreadable_message(path: str) -> str:
+    """What a remove that could not search every file says (the table at `path` names them)."""
+    sources = read_table(path, columns=["source"]).column("source").to_pylist()
+    shown = ", ".join(sources[:5]) + (f" and {len(sources) - 5} more" if len(sources) > 5 else "")
+    return (f"{len(sources)} file(s) of the dataset could not be read, so nothing was removed (a listed pair "
+            f"may have rows in them): {shown}. The reasons are in {path}. Mend or delete these files, "
+            "then run the same command again.")
 
 
 def removed_counts(audit: str) -> dict[str, int]:
@@ -109,6 +119,7 @@ def execute(options: Crawl2ClipOptions, stage: Crawl2ClipOptions) -> dict:
     audit = files.join(target, REMOVED, f"{name}.parquet")
     summary_path = files.join(target, REMOVED, f"_{name}.json")  # `_`: parquet readers of removed/ skip it
     work = files.join(target, REMOVED, f".{name}")
+    unreadable = files.join(work, UNREADABLE)
     runner = options.view_as(StandardOptions).runner
     if files.exists(summary_path):
         print(f"crawl2clip remove: these lists were applied already ({summary_path})")
@@ -121,7 +132,11 @@ def execute(options: Crawl2ClipOptions, stage: Crawl2ClipOptions) -> dict:
     units = list_units(source, target, dirs, skip)
     lists = load_blocklists(settings)
     scan = scan_sources(units, lists.needs_phash)
-    run_pipeline(options, lambda p: p | "Remove" >> RemoveListedRows(scan, units, audit, work, settings), work)
+    files.delete(unreadable)  # an earlier attempt's: this one searches again
+    run_pipeline(options, lambda p: p | "Remove" >> RemoveListedRows(scan, units, audit, work, settings, unreadable),
+                 work)
+    if files.exists(unreadable):
+        raise PipelineFailed(unreadable_message(unreadable))
     # Totals from the files, not this attempt's counters: an earlier attempt may have done part of it.
     counters = {**totals(work), **removed_counts(audit)}
     for index, info in indexes.items():

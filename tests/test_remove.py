@@ -216,6 +216,42 @@ def test_in_place_after_a_crash_half_way_resumes_to_the_same_result(finished_run
     assert _file_digests(dataset) == before
 
 
+def test_an_unreadable_file_is_recorded_and_nothing_is_removed_until_it_is_mended(finished_run, cleaned, lists,
+                                                                                   tmp_path, capsys):
+    """A damaged table and a damaged shard: every other source is still searched, both are named
+    with their reasons, and no file changes (a plan without them could miss a listed pair's rows).
+    Once they are mended the same command removes what the undamaged run's removal removed."""
+    dataset = str(tmp_path / "run")
+    shutil.copytree(finished_run, dataset)
+    (errors_table,) = glob.glob(os.path.join(dataset, "extract", "errors", "*.parquet"))
+    first_shard = sorted(glob.glob(os.path.join(dataset, "download", "[0-9]*.parquet")))[0]
+    damaged = {errors_table: open(errors_table, "rb").read(), first_shard: open(first_shard, "rb").read()}
+    for path, data in damaged.items():
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+    before = _file_digests(dataset)
+
+    assert main(["remove", "--dataset", dataset, *remove_args(lists)]) == 1
+    message = capsys.readouterr().err
+    assert "2 file(s) of the dataset could not be read, so nothing was removed" in message
+    assert errors_table in message and first_shard in message
+    (work,) = glob.glob(os.path.join(dataset, "removed", ".remove-*"))
+    unreadable = _table(os.path.join(work, "unreadable.parquet"))
+    assert sorted(r["source"] for r in unreadable) == sorted(damaged)
+    assert {(r["stage"], r["reason"]) for r in unreadable} == {("remove", "unreadable")}
+    assert all("Parquet" in r["detail"] or "parquet" in r["detail"] for r in unreadable)
+    after = {k: v for k, v in _file_digests(dataset).items() if not k.startswith("removed/")}
+    assert after == before  # no audit, no rewritten file
+    assert not glob.glob(os.path.join(dataset, "removed", "remove-*.parquet"))
+
+    for path, data in damaged.items():
+        with open(path, "wb") as f:
+            f.write(data)
+    assert main(["remove", "--dataset", dataset, *remove_args(lists)]) == 0
+    assert not os.path.exists(work)
+    _compare_runs(finished_run, dataset, set(lists["expected"]), shards_moved=False)
+
+
 def test_remove_refuses_what_it_cannot_do(finished_run, tmp_path, capsys):
     md5 = tmp_path / "images.md5"
     md5.write_text("# crawl2clip-blocklist: image-md5\nd41d8cd98f00b204e9800998ecf8427e\n")

@@ -24,12 +24,28 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "webp", "png")
 _ROW_COLUMNS = (UID, URL, PAGE_URL, SHA256)
 
 
+class Unreadable(Exception):
+    """A file of the run that could not be searched; `path` names it."""
+
+    def __init__(self, path: str, cause: Exception):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.path = path
+
+
+def _read_rows(path: str, columns: tuple[str, ...] | None = None) -> list[dict]:
+    """The rows of a parquet table (only `columns` of them, those it has); [] when it has no `uid`."""
+    try:
+        names = column_names(path)
+        if columns is not None and UID not in names:
+            return []
+        return read_table(path, columns=None if columns is None else [c for c in columns if c in names]).to_pylist()
+    except Exception as exc:  # whatever a damaged file makes its reader raise
+        raise Unreadable(path, exc) from exc
+
+
 def listed_rows(path: str, lists: Blocklists) -> list[dict]:
     """Audit rows of the rows of one parquet table that a list names (tables without `uid` have no pairs)."""
-    names = column_names(path)
-    if UID not in names:
-        return []
-    rows = read_table(path, columns=[c for c in _ROW_COLUMNS if c in names]).to_pylist()
+    rows = _read_rows(path, _ROW_COLUMNS)
     found = []
     for row in rows:
         match = lists.match_url(row.get(URL), row.get(PAGE_URL)) or lists.match_image(sha256=row.get(SHA256))
@@ -43,18 +59,21 @@ def listed_images(tar_path: str, parquet_path: str, lists: Blocklists) -> list[d
     pHash distance of an `image-phash` entry."""
     if not lists.needs_phash:
         return []
-    rows = {row[KEY]: row for row in read_table(parquet_path).to_pylist() if row.get(STATUS) == SUCCESS}
+    rows = {row[KEY]: row for row in _read_rows(parquet_path) if row.get(STATUS) == SUCCESS}
     found = []
-    with files.open_read(tar_path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-        for member in tar:
-            stem, _, extension = member.name.rpartition("/")[2].rpartition(".")
-            row = rows.get(stem)
-            if row is None or not member.isfile() or extension not in IMAGE_EXTENSIONS:
-                continue
-            original = (row.get(ORIGINAL_WIDTH) or 0, row.get(ORIGINAL_HEIGHT) or 0)
-            match = lists.match_image(phashes=stored_image_phashes(tar.extractfile(member).read(), original))
-            if match is not None:
-                found.append(audit_row(row, match, STAGE, count=False))
+    try:
+        with files.open_read(tar_path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for member in tar:
+                stem, _, extension = member.name.rpartition("/")[2].rpartition(".")
+                row = rows.get(stem)
+                if row is None or not member.isfile() or extension not in IMAGE_EXTENSIONS:
+                    continue
+                original = (row.get(ORIGINAL_WIDTH) or 0, row.get(ORIGINAL_HEIGHT) or 0)
+                match = lists.match_image(phashes=stored_image_phashes(tar.extractfile(member).read(), original))
+                if match is not None:
+                    found.append(audit_row(row, match, STAGE, count=False))
+    except Exception as exc:  # a damaged tar, or an image in it that does not decode
+        raise Unreadable(tar_path, exc) from exc
     return found
 
 
