@@ -217,3 +217,45 @@ def test_upload_commits_a_local_file_and_move_replaces(root, tmp_path):
     assert files.read_bytes(target) == b"other" and not files.exists(other)
     assert not [name for name in listed(files.join(root, "out")) if files.is_temporary(name)]
     assert files.is_temporary(".built.bin.tmp-0123abcd") and not files.is_temporary("built.bin")
+
+
+def test_local_copies_stay_under_the_cache_limit_least_recently_used_first(tmp_path, monkeypatch):
+    """Remote files (a real HTTP server on 127.0.0.1, through transforms/httpfs.py) copied into a
+    cache that holds two of them: a third evicts the least recently used one, never one handed out
+    in the last two minutes (its reader is about to open it)."""
+    import time
+
+    from crawl2clip.transforms import httpfs  # noqa: F401  registers http:// with Beam's FileSystems
+
+    try:
+        from tests.http_server import serve_directory
+    except ImportError:  # tests/ run as loose files
+        from http_server import serve_directory
+
+    served = tmp_path / "served"
+    served.mkdir()
+    for name in ("a.npy", "b.npy", "c.npy"):
+        (served / name).write_bytes(PAYLOAD)
+    monkeypatch.setenv("CRAWL2CLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CRAWL2CLIP_CACHE_BYTES", str(2 * len(PAYLOAD) + len(PAYLOAD) // 2))
+
+    def age(copy: str, seconds: float) -> None:
+        os.utime(copy, (time.time() - seconds, time.time() - seconds))
+
+    with serve_directory(served) as server:
+        a, b = (files.local_copy(server.url_for(name)) for name in ("a.npy", "b.npy"))
+        assert a != b and not files.is_local(server.url_for("a.npy"))
+        age(a, 600)
+        age(b, 300)
+        assert files.local_copy(server.url_for("a.npy")) == a  # there already: used again, now
+        c = files.local_copy(server.url_for("c.npy"))  # no room for three: b is the least recently used
+        assert os.path.exists(a) and not os.path.exists(b) and open(c, "rb").read() == PAYLOAD
+        b = files.local_copy(server.url_for("b.npy"))  # a and c were handed out just now: both stay
+        assert all(os.path.exists(copy) for copy in (a, b, c))
+        age(a, 600)
+        age(c, 600)
+        age(b, 300)
+        files.local_copy(server.url_for("a.npy"))
+        os.remove(b)  # a copy gone under the cache's feet is made again
+        assert open(files.local_copy(server.url_for("b.npy")), "rb").read() == PAYLOAD
+        assert not os.path.exists(c)  # the oldest went to make room for it

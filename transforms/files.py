@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import BinaryIO
@@ -101,31 +102,67 @@ def size(path: str) -> int:
 
 
 _COPIES_LOCK = threading.Lock()
+DEFAULT_CACHE_BYTES = 20 << 30
+# A copy used this recently is never evicted: whoever was just handed its path is about to open it
+# (an open file or a memory map outlives its name, so evicting one in use later is harmless).
+_IN_USE_SECONDS = 120
 
 
 def _copies_folder() -> str:
     return os.path.join(os.environ.get("CRAWL2CLIP_CACHE") or tempfile.gettempdir(), "crawl2clip-copies")
 
 
+def _cache_bytes() -> int:
+    """The most the copies may take on the local disk: `$CRAWL2CLIP_CACHE_BYTES`, else 20 GiB."""
+    return int(os.environ.get("CRAWL2CLIP_CACHE_BYTES") or DEFAULT_CACHE_BYTES)
+
+
+def _make_room(folder: str, needed: int) -> None:
+    """Deletes the least recently used copies until `needed` more bytes fit under the limit (a
+    worker that reads a whole dataset's parts would otherwise fill its disk with them)."""
+    copies = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            try:
+                stat = os.stat(os.path.join(root, name))
+            except FileNotFoundError:  # another process evicted or renamed it meanwhile
+                continue
+            copies.append((stat.st_mtime, stat.st_size, os.path.join(root, name)))
+    total, limit, recent = sum(c[1] for c in copies), _cache_bytes(), time.time() - _IN_USE_SECONDS
+    for used, size_, copy in sorted(copies):
+        if total + needed <= limit or used > recent:
+            break
+        if ".tmp-" in copy.rpartition("/")[2]:  # a copy another process is still making
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(copy)
+        total -= size_
+
+
 def _copy_once(path: str, copy: str) -> str:
     """Copies `path` to the local `copy` unless it is there (to a temporary name, then renamed:
-    a half-copied file is never used)."""
+    a half-copied file is never used), making room first; a copy that is there is marked used."""
     with _COPIES_LOCK:
-        if not os.path.exists(copy):
-            os.makedirs(os.path.dirname(copy), exist_ok=True)
-            temporary = f"{copy}.tmp-{uuid.uuid4().hex}"
-            with open_read(path) as source, open(temporary, "wb") as target:
-                shutil.copyfileobj(source, target, 1 << 20)
-            os.replace(temporary, copy)
+        if os.path.exists(copy):
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(copy)
+                return copy
+        _make_room(_copies_folder(), size(path))
+        os.makedirs(os.path.dirname(copy), exist_ok=True)
+        temporary = f"{copy}.tmp-{uuid.uuid4().hex}"
+        with open_read(path) as source, open(temporary, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+        os.replace(temporary, copy)
     return copy
 
 
 def local_copy(path: str) -> str:
     """A local path holding the bytes of `path`, for readers that need one (numpy's memory map,
     faiss, tarfile seeking, model loaders): `path` itself when it is local, else a copy in this
-    process's cache folder (`$CRAWL2CLIP_CACHE` or the temp folder), made once per path and size.
-    Meant for committed files, which never change under their name; a file rewritten with
-    another size gets a new copy."""
+    cache folder (`$CRAWL2CLIP_CACHE` or the temp folder, shared by the processes of a machine),
+    made once per path and size. Meant for committed files, which never change under their name;
+    a file rewritten with another size gets a new copy. The copies are kept under
+    `$CRAWL2CLIP_CACHE_BYTES` (20 GiB) by deleting the least recently used."""
     if is_local(path):
         return path
     key = hashlib.sha256(f"{path}\0{size(path)}".encode()).hexdigest()[:24]
@@ -139,9 +176,11 @@ def local_folder(folder: str, names: list[str]) -> str:
     if is_local(folder):
         return folder
     target = os.path.join(_copies_folder(), hashlib.sha256(folder.encode()).hexdigest()[:24])
-    for name in names:
-        if exists(join(folder, name)):
-            _copy_once(join(folder, name), os.path.join(target, name))
+    present = [name for name in names if exists(join(folder, name))]
+    for name in present:
+        _copy_once(join(folder, name), os.path.join(target, name))
+    for name in present:  # again: all of them marked used (or copied again) just before the load
+        _copy_once(join(folder, name), os.path.join(target, name))
     return target
 
 
