@@ -13,6 +13,12 @@ def warc_dir() -> str:
 
 
 @pytest.fixture(scope="session")
+def books(warc_dir) -> str:
+    """The books.toscrape.com capture: real pages and covers, replayed by the tests' proxy."""
+    return os.path.join(warc_dir, "books-toscrape.warc")
+
+
+@pytest.fixture(scope="session")
 def wat_dir() -> str:
     if not os.path.isdir(WAT_DIR):
         pytest.skip(f"the shared real data is not at {WAT_DIR}")

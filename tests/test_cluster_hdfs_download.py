@@ -40,11 +40,6 @@ def images(requested: list[str]) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def books(warc_dir) -> str:
-    return os.path.join(warc_dir, "books-toscrape.warc")
-
-
-@pytest.fixture(scope="module")
 def local_pairs(books, tmp_path_factory) -> str:
     output = str(tmp_path_factory.mktemp("extract"))
     assert main(["extract", "--input", books, "--output", output]) == 0

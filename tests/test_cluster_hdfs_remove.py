@@ -24,7 +24,7 @@ from crawl2clip.pipelines.cli import main
 from crawl2clip.transforms import files
 from crawl2clip.transforms.consent.audit import REMOVED
 from crawl2clip.transforms.remove import rewrite
-from tests.test_remove import books, finished_run, lists, remove_args  # noqa: F401  (module fixtures)
+from tests.test_remove import crash_on_the_fifth_rename, finished_run, lists, remove_args  # noqa: F401  (module fixtures)
 
 pytest_plugins = ["tests.cluster_fixtures"]
 pytestmark = pytest.mark.cluster
@@ -98,16 +98,8 @@ def test_remove_on_hdfs_equals_the_same_remove_on_local_files(hdfs_cluster, hdfs
     argv = ["remove", "--dataset", run, *remove_args(lists), *hdfs_cluster.pipeline_args]
 
     # The first attempt dies half-way through its renames: a unit is caught between two of them.
-    moves, move = [], rewrite.move
-
-    def crash_on_the_fifth_rename(source, target):
-        if len(moves) == 4:
-            raise OSError("simulated crash")
-        moves.append(target)
-        move(source, target)
-
     with monkeypatch.context() as patch:
-        patch.setattr(rewrite, "move", crash_on_the_fifth_rename)
+        crash_on_the_fifth_rename(patch)
         with pytest.raises(Exception, match="simulated crash"):
             main(argv)
     (work,) = files.match(files.join(run, REMOVED, ".remove-*"))

@@ -26,11 +26,6 @@ PRUNE = {"keep_fraction": 0.5, "prune_clusters": 2, "prune_neighbours": 1}
 
 
 @pytest.fixture(scope="module")
-def books(warc_dir) -> str:
-    return os.path.join(warc_dir, "books-toscrape.warc")
-
-
-@pytest.fixture(scope="module")
 def local_run(books, tmp_path_factory) -> str:
     output = str(tmp_path_factory.mktemp("local") / "run")
     with replay_proxy(books) as (proxy, _):

@@ -125,11 +125,6 @@ def assert_same_run(got: dict, expected: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def books(warc_dir) -> str:
-    return os.path.join(warc_dir, "books-toscrape.warc")
-
-
-@pytest.fixture(scope="module")
 def direct_run(books, tmp_path_factory) -> dict:
     run_dir = str(tmp_path_factory.mktemp("direct") / "run")
     with replay_proxy(books) as (proxy, _):

@@ -46,11 +46,6 @@ def _file_digests(folder: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def books(warc_dir):
-    return os.path.join(warc_dir, "books-toscrape.warc")
-
-
-@pytest.fixture(scope="module")
 def finished_run(books, tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("finished") / "run")
     with replay_proxy(books) as (proxy, _):
@@ -91,6 +86,19 @@ def lists(finished_run, books, tmp_path_factory):
         (folder / name).write_text(text)
     expected = {row["uid"]: (paths[kind], files[kind][1].strip().splitlines()[-1], kind) for kind, row in chosen.items()}
     return {"paths": paths, "expected": expected}
+
+
+def crash_on_the_fifth_rename(patch: pytest.MonkeyPatch) -> None:
+    """Makes every rename of a remove after the fourth fail, as a crash half-way through them."""
+    moves, move = [], rewrite.move
+
+    def crashing(source, target):
+        if len(moves) == 4:
+            raise OSError("simulated crash")
+        moves.append(target)
+        move(source, target)
+
+    patch.setattr(rewrite, "move", crashing)
 
 
 def remove_args(lists: dict) -> list[str]:
@@ -186,15 +194,7 @@ def test_a_cleaned_copy_lost_the_listed_rows_and_nothing_else(finished_run, clea
 def test_in_place_after_a_crash_half_way_resumes_to_the_same_result(finished_run, cleaned, lists, tmp_path, monkeypatch):
     dataset = str(tmp_path / "run")
     shutil.copytree(finished_run, dataset)
-    moves, move = [], rewrite.move
-
-    def crash_on_the_fifth_rename(source, target):
-        if len(moves) == 4:
-            raise OSError("simulated crash")
-        moves.append(target)
-        move(source, target)
-
-    monkeypatch.setattr(rewrite, "move", crash_on_the_fifth_rename)
+    crash_on_the_fifth_rename(monkeypatch)
     with pytest.raises(Exception, match="simulated crash"):
         main(["remove", "--dataset", dataset, *remove_args(lists)])
     monkeypatch.undo()

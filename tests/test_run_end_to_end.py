@@ -62,11 +62,6 @@ def _funnel(run_dir: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def books(warc_dir):
-    return os.path.join(warc_dir, "books-toscrape.warc")
-
-
-@pytest.fixture(scope="module")
 def combined_run(books, tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("combined") / "run")
     with replay_proxy(books) as (proxy, _):
