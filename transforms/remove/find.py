@@ -33,7 +33,8 @@ class Unreadable(Exception):
 
 
 def _read_rows(path: str, columns: tuple[str, ...] | None = None) -> list[dict]:
-    """The rows of a parquet table (only `columns` of them, those it has); [] when it has no `uid`."""
+    """The rows of a parquet table: all its columns, or those of `columns` it has ([] when it
+    has no `uid` then: no pairs); Unreadable when its reader refuses it."""
     try:
         names = column_names(path)
         if columns is not None and UID not in names:
